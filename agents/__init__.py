@@ -1,0 +1,1 @@
+"""Runnable scripts that use the `sd2ail_reward` library (experts, agents, baselines)."""

@@ -1,0 +1,240 @@
+"""Discriminators behind one protocol, and the BCE update they share.
+
+`DiffusionDiscriminator` is DiffAIL/SD2AIL's D(x) = exp(-diffusion loss); `MLPDiscriminator` is
+the GAIL/DAC logistic baseline. Both expose D through logs, `log D` and `log(1 - D)`, so the loss
+and the reward `-log(1 - D)` are computed without ever forming `log(1 - x)` of a rounded x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sd2ail_reward.config import DiffusionConfig, DiscriminatorConfig
+from sd2ail_reward.diffusion import (
+    Denoiser,
+    NoiseSchedule,
+    eps_mse_one_step,
+    eps_sq_err_all_steps,
+    reset_parameters,
+    sample,
+)
+
+_TINY = 1e-30  # floor of 1 - D_reward in float32: caps the reward at -log(1e-30) ~ 69
+
+
+class Discriminator(Protocol):
+    """What the learner needs from a discriminator."""
+
+    def parameters(self, recurse: bool = True):  # type: ignore[no-untyped-def]
+        ...
+
+    def train_log_probs(self, x_BD: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(log D_train, log(1 - D_train)) per row, differentiable; may draw noise."""
+        ...
+
+    def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
+        """log(1 - D_reward) per row, deterministic given the weights, finite."""
+        ...
+
+
+def _log_one_minus_exp_neg(m_B: Tensor) -> Tensor:
+    """log(1 - exp(-m)) for m >= 0, stable near 0 (expm1) and for large m."""
+    return torch.log((-torch.expm1(-m_B)).clamp_min(_TINY))
+
+
+class DiffusionDiscriminator(nn.Module):
+    """D_train(x) = exp(-eps-MSE at one random t); D_reward = mean over all T (and K fixed noise
+    draws) and dims of exp(-eps error^2), as in DiffAIL's `p_losses` and `calc_reward`."""
+
+    reward_noise_KTD: Tensor
+
+    def __init__(
+        self,
+        input_dim: int,
+        config: DiffusionConfig,
+        generator: torch.Generator,
+        *,
+        action_dims: slice | None = None,
+        input_clip: float = 1e4,
+    ) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.action_dims = action_dims
+        self.input_clip = input_clip
+        self.schedule = NoiseSchedule(config.n_timesteps, config.beta_start, config.beta_end)
+        self.denoiser = Denoiser(input_dim, config.hidden_dim, config.time_embed_dim)
+        reset_parameters(self.denoiser, generator)
+        noise = torch.randn(
+            (config.reward_noise_samples, config.n_timesteps, input_dim),
+            generator=generator,
+            device=generator.device,
+        )
+        self.register_buffer("reward_noise_KTD", noise.cpu())
+
+    def _clip(self, x_BD: Tensor) -> Tensor:
+        return x_BD.clamp(-self.input_clip, self.input_clip)
+
+    def train_log_probs(self, x_BD: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        m_B = eps_mse_one_step(self.denoiser, self.schedule, self._clip(x_BD), generator)
+        m_B = torch.nan_to_num(m_B, nan=float("inf"))
+        return -m_B, _log_one_minus_exp_neg(m_B)
+
+    def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
+        with torch.no_grad():
+            sq_err = eps_sq_err_all_steps(
+                self.denoiser, self.schedule, self._clip(x_BD), self.reward_noise_KTD
+            )
+            sq_err = torch.nan_to_num(sq_err, nan=float("inf"), posinf=float("inf"))
+            one_minus_d_B = (-torch.expm1(-sq_err)).mean(dim=(1, 2))
+            return torch.log(one_minus_d_B.clamp_min(_TINY))
+
+    def sample(self, n_samples: int, generator: torch.Generator, max_action: float) -> Tensor:
+        """Pseudo-expert candidates from the reverse chain; only action dims are clamped."""
+        return sample(
+            self.denoiser,
+            self.schedule,
+            n_samples,
+            generator,
+            clamp_dims=self.action_dims,
+            clamp_value=max_action,
+        )
+
+
+class MLPDiscriminator(nn.Module):
+    """GAIL / DAC baseline: D = sigmoid(f(x)) with a 2-layer tanh MLP."""
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, generator: torch.Generator, input_clip: float = 1e4
+    ) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.input_clip = input_clip
+        self.net = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, 1),
+        )
+        reset_parameters(self.net, generator)
+
+    def _logit(self, x_BD: Tensor) -> Tensor:
+        logit = self.net(x_BD.clamp(-self.input_clip, self.input_clip)).squeeze(-1)
+        return torch.nan_to_num(logit, nan=0.0)
+
+    def train_log_probs(self, x_BD: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        logit_B = self._logit(x_BD)
+        return F.logsigmoid(logit_B), F.logsigmoid(-logit_B)
+
+    def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
+        with torch.no_grad():
+            return F.logsigmoid(-self._logit(x_BD))
+
+
+def build_discriminator(
+    input_dim: int,
+    disc_config: DiscriminatorConfig,
+    diffusion_config: DiffusionConfig,
+    generator: torch.Generator,
+    *,
+    action_dims: slice | None,
+) -> DiffusionDiscriminator | MLPDiscriminator:
+    """The discriminator `disc_config.kind` names, initialised from `generator`."""
+    if disc_config.kind == "diffusion":
+        return DiffusionDiscriminator(
+            input_dim,
+            diffusion_config,
+            generator,
+            action_dims=action_dims,
+            input_clip=disc_config.input_clip,
+        )
+    if disc_config.kind == "mlp":
+        return MLPDiscriminator(
+            input_dim, disc_config.mlp_hidden_dim, generator, input_clip=disc_config.input_clip
+        )
+    raise ValueError(f"unknown discriminator kind {disc_config.kind!r}")
+
+
+def reward_from_log_one_minus_d(log_one_minus_d_B: Tensor, reward_scale: float) -> Tensor:
+    """r = reward_scale * -log(1 - D), from log(1 - D): finite whenever the log is."""
+    return -reward_scale * log_one_minus_d_B
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """One discriminator objective evaluation; the D values feed PEDR priorities."""
+
+    loss: Tensor
+    expert_term: float
+    agent_term: float
+    pseudo_term: float
+    grad_penalty: float
+    d_train_expert_B: Tensor
+    d_train_agent_B: Tensor
+    d_train_pseudo_B: Tensor | None
+
+
+def gradient_penalty(
+    disc: Discriminator,
+    x_expert_BD: Tensor,
+    x_agent_BD: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """mean((||grad_x D_train(x_hat)|| - 1)^2) on expert/agent interpolations (reference GP)."""
+    rows = min(x_expert_BD.shape[0], x_agent_BD.shape[0])
+    u_B1 = torch.rand((rows, 1), generator=generator, device=x_expert_BD.device)
+    x_hat = (u_B1 * x_expert_BD[:rows] + (1 - u_B1) * x_agent_BD[:rows]).detach()
+    x_hat.requires_grad_(True)
+    log_d_B, _ = disc.train_log_probs(x_hat, generator)
+    (grad_BD,) = torch.autograd.grad(log_d_B.exp().sum(), x_hat, create_graph=True)
+    return (grad_BD.norm(dim=-1) - 1.0).pow(2).mean()
+
+
+def bce_loss(
+    disc: Discriminator,
+    *,
+    x_expert_BD: Tensor,
+    w_expert_B: Tensor,
+    x_agent_BD: Tensor,
+    x_pseudo_BD: Tensor | None,
+    w_pseudo_B: Tensor | None,
+    config: DiscriminatorConfig,
+    generator: torch.Generator,
+) -> LossOutput:
+    """SD2AIL objective: mean(w_E BCE(D_E, 1)) + mean(BCE(D_pi, 0)) + mean(w_F BCE(D_F, 1)) [+ GP].
+
+    Each term is a mean over its own batch and clamped at `config.loss_clamp` per row, as
+    torch.nn.BCELoss does; IS weights apply to the expert and pseudo terms only.
+    """
+    clamp = config.loss_clamp
+    log_d_e, _ = disc.train_log_probs(x_expert_BD, generator)
+    _, log_1md_a = disc.train_log_probs(x_agent_BD, generator)
+    expert_term = (w_expert_B * (-log_d_e).clamp(max=clamp)).mean()
+    agent_term = (-log_1md_a).clamp(max=clamp).mean()
+    loss = expert_term + agent_term
+    pseudo_term = torch.zeros((), device=loss.device)
+    d_pseudo: Tensor | None = None
+    if x_pseudo_BD is not None and w_pseudo_B is not None and x_pseudo_BD.shape[0] > 0:
+        log_d_f, _ = disc.train_log_probs(x_pseudo_BD, generator)
+        pseudo_term = (w_pseudo_B * (-log_d_f).clamp(max=clamp)).mean()
+        loss = loss + pseudo_term
+        d_pseudo = log_d_f.detach().exp()
+    gp = torch.zeros((), device=loss.device)
+    if config.grad_penalty > 0:
+        gp = gradient_penalty(disc, x_expert_BD, x_agent_BD, generator)
+        loss = loss + config.grad_penalty * gp
+    return LossOutput(
+        loss=loss,
+        expert_term=float(expert_term.detach()),
+        agent_term=float(agent_term.detach()),
+        pseudo_term=float(pseudo_term.detach()),
+        grad_penalty=float(gp.detach()),
+        d_train_expert_B=log_d_e.detach().exp(),
+        d_train_agent_B=(-torch.expm1(log_1md_a.detach())),
+        d_train_pseudo_B=d_pseudo,
+    )

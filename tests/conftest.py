@@ -1,0 +1,11 @@
+"""Shared fixtures: one torch thread (the CI machine has 2 cores) and small demo sets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
