@@ -41,6 +41,10 @@ class Discriminator(Protocol):
         """log(1 - D_reward) per row, deterministic given the weights, finite."""
         ...
 
+    def reward_d(self, x_BD: Tensor) -> Tensor:
+        """D_reward per row, computed directly so that a tiny D does not round to 0."""
+        ...
+
 
 def _log_one_minus_exp_neg(m_B: Tensor) -> Tensor:
     """log(1 - exp(-m)) for m >= 0, stable near 0 (expm1) and for large m."""
@@ -84,14 +88,20 @@ class DiffusionDiscriminator(nn.Module):
         m_B = torch.nan_to_num(m_B, nan=float("inf"))
         return -m_B, _log_one_minus_exp_neg(m_B)
 
+    def _reward_sq_err(self, x_BD: Tensor) -> Tensor:
+        sq_err = eps_sq_err_all_steps(
+            self.denoiser, self.schedule, self._clip(x_BD), self.reward_noise_KTD
+        )
+        return torch.nan_to_num(sq_err, nan=float("inf"), posinf=float("inf"))
+
     def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
         with torch.no_grad():
-            sq_err = eps_sq_err_all_steps(
-                self.denoiser, self.schedule, self._clip(x_BD), self.reward_noise_KTD
-            )
-            sq_err = torch.nan_to_num(sq_err, nan=float("inf"), posinf=float("inf"))
-            one_minus_d_B = (-torch.expm1(-sq_err)).mean(dim=(1, 2))
+            one_minus_d_B = (-torch.expm1(-self._reward_sq_err(x_BD))).mean(dim=(1, 2))
             return torch.log(one_minus_d_B.clamp_min(_TINY))
+
+    def reward_d(self, x_BD: Tensor) -> Tensor:
+        with torch.no_grad():
+            return torch.exp(-self._reward_sq_err(x_BD)).mean(dim=(1, 2))
 
     def sample(self, n_samples: int, generator: torch.Generator, max_action: float) -> Tensor:
         """Pseudo-expert candidates from the reverse chain; only action dims are clamped."""
@@ -134,6 +144,10 @@ class MLPDiscriminator(nn.Module):
     def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
         with torch.no_grad():
             return F.logsigmoid(-self._logit(x_BD))
+
+    def reward_d(self, x_BD: Tensor) -> Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(self._logit(x_BD))
 
 
 def build_discriminator(

@@ -323,8 +323,7 @@ class RewardLearner:
     def _mean_d(self, x_ND: np.ndarray) -> float:
         if x_ND.shape[0] == 0:
             return float("nan")
-        log_1md = self.disc.reward_log_one_minus_d(self._tensor(x_ND))
-        return float((-torch.expm1(log_1md)).mean())
+        return float(self.d_reward_of_rows(x_ND).mean())
 
     def stats(self) -> dict[str, float]:
         """Monitoring figures; reads state, never changes it (no RNG draws)."""
@@ -357,9 +356,7 @@ class RewardLearner:
 
     def d_reward_of_rows(self, x_ND: np.ndarray) -> np.ndarray:
         """D_reward of rows in discriminator space (for diagnostics and tests)."""
-        if isinstance(self.disc, DiffusionDiscriminator):
-            return d_reward(self.disc, self._tensor(x_ND)).cpu().numpy()
-        return (-torch.expm1(self.disc.reward_log_one_minus_d(self._tensor(x_ND)))).cpu().numpy()
+        return d_reward(self.disc, self._tensor(x_ND)).cpu().numpy()
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -385,6 +382,7 @@ class RewardLearner:
                 "candidates_total": self.candidates_total,
                 "accepted_total": self.accepted_total,
             },
+            "last_losses": dict(self._last_losses),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -413,6 +411,7 @@ class RewardLearner:
         self.last_acceptance = float(counters["last_acceptance"])
         self.candidates_total = int(counters["candidates_total"])
         self.accepted_total = int(counters["accepted_total"])
+        self._last_losses = {k: float(v) for k, v in state["last_losses"].items()}
 
     @classmethod
     def config_from_state(cls, state: Mapping[str, Any]) -> LearnerConfig:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sd2ail_reward.discriminator import DiffusionDiscriminator
+from sd2ail_reward.discriminator import DiffusionDiscriminator, MLPDiscriminator
 
 _CHUNK_ROWS = 4096
 
@@ -31,10 +31,10 @@ class GenerationResult:
         return self.accepted_ND.shape[0] / max(self.n_candidates, 1)
 
 
-def d_reward(disc: DiffusionDiscriminator, x_ND: Tensor) -> Tensor:
+def d_reward(disc: DiffusionDiscriminator | MLPDiscriminator, x_ND: Tensor) -> Tensor:
     """D_reward in chunks, so a large candidate set never builds one huge B x T batch."""
     parts = [
-        -torch.expm1(disc.reward_log_one_minus_d(x_ND[start : start + _CHUNK_ROWS]))
+        disc.reward_d(x_ND[start : start + _CHUNK_ROWS])
         for start in range(0, x_ND.shape[0], _CHUNK_ROWS)
     ]
     return torch.cat(parts) if parts else x_ND.new_zeros((0,))

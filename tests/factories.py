@@ -48,7 +48,7 @@ def agent_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def small_config(algo: str = "sd2ail", **changes: object) -> LearnerConfig:
     """Pendulum preset shrunk for fast tests."""
     base = preset("pendulum", algo)  # type: ignore[arg-type]
-    disc = replace_nested(base, "discriminator", expert_batch=64, agent_batch=64)
+    disc = replace_nested(base, "discriminator", expert_batch=64, agent_batch=64, lr=1e-3)
     diff = replace_nested(disc, "diffusion", hidden_dim=64)
     synth = replace_nested(diff, "synthetic", candidates_per_update=32, refresh_every=10)
     return replace(synth, min_agent_size=64, agent_capacity=10_000, **changes)
