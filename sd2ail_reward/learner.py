@@ -160,13 +160,13 @@ class RewardLearner:
             self.normalizer.rows(demos.obs[s], demos.action[s], demos.next_obs[s])
             for s in demos.episode_slices()
         ]
-        self._expert_rows = np.concatenate(trajectories)
         self.replay = ExpertReplay(
             trajectories,
             config=config.pedr,
             pseudo_dim=self.normalizer.input_dim,
             rng=np.random.default_rng(seed + 1),
         )
+        self._expert_rows = self.replay.expert_rows()
         self.agent = AgentBuffer(config.agent_capacity, self.normalizer.input_dim)
         self.n_updates = 0
         self.threshold = float("nan")
@@ -402,6 +402,7 @@ class RewardLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer = InputNormalizer.from_state_dict(_to_numpy_tree(state["normalizer"]))
         self.replay.load_state_dict(_to_numpy_tree(state["replay"]))
+        self._expert_rows = self.replay.expert_rows()
         self.agent.load_state_dict(_to_numpy_tree(state["agent"]))
         self._rng.bit_generator.state = json.loads(state["rng"]["numpy"])
         self._torch_gen.set_state(state["rng"]["torch"].cpu())

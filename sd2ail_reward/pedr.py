@@ -510,6 +510,10 @@ class ExpertReplay:
             raise ValueError("cannot sample pseudo-experts: the pseudo-expert buffer is empty")
         return self._pseudo.sample(batch_size)
 
+    def expert_rows(self) -> np.ndarray:
+        """Every expert row, trajectory after trajectory (a copy)."""
+        return np.concatenate([buf.latest(len(buf)) for buf in self._experts])
+
     def pseudo_latest(self, n: int) -> np.ndarray:
         """The `n` newest pseudo-expert rows, read without drawing from the RNG."""
         return self._pseudo.latest(n)
