@@ -123,7 +123,9 @@ def test_pendulum_reward_env_reward_and_info_keys(learner: RewardLearner) -> Non
 
 def test_check_env_passes(learner: RewardLearner) -> None:
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*different from the unwrapped.*")
+        warnings.filterwarnings(
+            "ignore", message=".*(different from the unwrapped|symmetric and normalized).*"
+        )
         env = SD2AILRewardWrapper(gym.make("Pendulum-v1"), learner, push=False)
         check_env(env, skip_render_check=True)  # rendering needs pygame, not installed
     assert env.spec is not None and env.spec.additional_wrappers[-1].name == "SD2AILRewardWrapper"
@@ -170,6 +172,26 @@ def test_pushes_arrive_in_batches_and_remainder_on_close(learner: RewardLearner)
     assert len(learner.agent) - start == steps
 
 
+def test_failed_push_keeps_the_rows_buffered() -> None:
+    source = Recorder()
+    env = SD2AILRewardWrapper(ToyEnv(length=10), source, push=True, push_batch=2)
+    env.reset()
+    env.step(np.zeros(1, np.float32))
+    real_push = source.push
+
+    def failing(*args: Any) -> None:
+        raise ConnectionError("server down")
+
+    source.push = failing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        env.step(np.zeros(1, np.float32))
+    source.push = real_push  # type: ignore[method-assign]
+    env.step(np.zeros(1, np.float32))
+    env.close()
+    assert [len(p[0]) for p in source.pushes] == [2, 1] and env.n_pushed == 3
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in source.pushes])[:, 1], [0, 1, 2])
+
+
 def test_bad_inputs_are_refused(learner: RewardLearner) -> None:
     env = SD2AILRewardWrapper(ToyEnv(), Recorder(), push=False)
     with pytest.raises(gym.error.ResetNeeded):
@@ -195,6 +217,9 @@ def test_picklable_before_first_use(learner: RewardLearner) -> None:
     clone = pickle.loads(pickle.dumps(by_address))
     assert clone._link._source is None and clone._link._address == "127.0.0.1:1"
     assert "token" not in by_address._saved_kwargs  # the spec never records the token
+    client = clone.reward_source  # built on first use; connects only when called
+    assert type(client).__name__ == "RewardClient" and client.address == "127.0.0.1:1"
+    assert pickle.loads(pickle.dumps(clone)).reward_source.address == "127.0.0.1:1"
     local = pickle.loads(pickle.dumps(SD2AILRewardWrapper(ToyEnv(), learner, push=False)))
     obs, _ = local.reset()
     act = np.array([1.0], np.float32)
