@@ -74,11 +74,9 @@ class DiffusionDiscriminator(nn.Module):
         self.denoiser = Denoiser(input_dim, config.hidden_dim, config.time_embed_dim)
         reset_parameters(self.denoiser, generator)
         noise = torch.randn(
-            (config.reward_noise_samples, config.n_timesteps, input_dim),
-            generator=generator,
-            device=generator.device,
+            (config.reward_noise_samples, config.n_timesteps, input_dim), generator=generator
         )
-        self.register_buffer("reward_noise_KTD", noise.cpu())
+        self.register_buffer("reward_noise_KTD", noise)
 
     def _clip(self, x_BD: Tensor) -> Tensor:
         return x_BD.clamp(-self.input_clip, self.input_clip)
@@ -158,7 +156,8 @@ def build_discriminator(
     *,
     action_dims: slice | None,
 ) -> DiffusionDiscriminator | MLPDiscriminator:
-    """The discriminator `disc_config.kind` names, initialised from `generator`."""
+    """The discriminator `disc_config.kind` names, initialised from `generator` (a CPU
+    generator: modules are built on the CPU and moved to their device afterwards)."""
     if disc_config.kind == "diffusion":
         return DiffusionDiscriminator(
             input_dim,

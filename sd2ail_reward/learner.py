@@ -144,14 +144,18 @@ class RewardLearner:
             normalize_obs=config.normalize_obs,
             state_only=config.state_only,
         )
+        # Weights and the reward-noise table are drawn on the CPU (where modules are built), so
+        # a seed gives the same initial model on every device; training noise is drawn on the
+        # device by its own generator.
+        init_gen = torch.Generator().manual_seed(seed)
         self._torch_gen = torch.Generator(device=self.device)
-        self._torch_gen.manual_seed(seed)
+        self._torch_gen.manual_seed(seed + 2)
         self._rng = np.random.default_rng(seed)
         self.disc = build_discriminator(
             self.normalizer.input_dim,
             config.discriminator,
             config.diffusion,
-            self._torch_gen,
+            init_gen,
             action_dims=self.normalizer.action_dims,
         ).to(self.device)
         dc = config.discriminator
