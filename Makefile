@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check sd2ail_reward tests agents benchmarks
+	$(BIN)/ruff check sd2ail_reward tests agents benchmarks scripts
 	$(BIN)/mypy
 
 test: $(STAMP) lint

@@ -74,7 +74,11 @@ from tianshou.utils.torch_utils import policy_within_training_step
 log = logging.getLogger("expert")
 
 METRICS_FIELDS: Final = (
-    "env_step", "eval_return_mean", "eval_return_std", "wall_time", "steps_per_s"
+    "env_step",
+    "eval_return_mean",
+    "eval_return_std",
+    "wall_time",
+    "steps_per_s",
 )
 EVAL_SEED_OFFSET: Final = 1_000_000
 """Evaluation env i is seeded with seed + EVAL_SEED_OFFSET + i before every evaluation, so all
@@ -142,8 +146,18 @@ class TrainArgs:
 
 
 RESUME_OVERRIDABLE: Final = frozenset(
-    {"steps", "chunk", "eval_every", "checkpoint_every", "keep_checkpoints", "stop_return",
-     "threads", "log_every_s", "resume", "run_dir"}
+    {
+        "steps",
+        "chunk",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "stop_return",
+        "threads",
+        "log_every_s",
+        "resume",
+        "run_dir",
+    }
 )
 """Flags that may differ from the stored config.json when a run is resumed."""
 
@@ -172,11 +186,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[TrainArgs] | type[Recor
     the flags actually given (needed to merge them with a resumed run's stored config)."""
     for f in fields(cls):
         kwargs = dict(f.metadata)
-        help_text = f"{kwargs.pop('help')} (default: {f.default})"
+        help_text = kwargs.pop("help") + ("" if f.default == "" else f" (default: {f.default})")
         name = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             parser.add_argument(
-                name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
         else:
@@ -201,8 +217,7 @@ def resolve_train_args(given: dict[str, Any]) -> TrainArgs:
         return args
     stored = train_args_from_dict(json.loads(config_path.read_text()))
     conflicts = [
-        k for k in given
-        if k not in RESUME_OVERRIDABLE and getattr(args, k) != getattr(stored, k)
+        k for k in given if k not in RESUME_OVERRIDABLE and getattr(args, k) != getattr(stored, k)
     ]
     if conflicts:
         raise SystemExit(f"--resume cannot change {conflicts} of {config_path}")
@@ -212,7 +227,8 @@ def resolve_train_args(given: dict[str, Any]) -> TrainArgs:
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs | RecordArgs:
     parser = argparse.ArgumentParser(
-        prog="expert.py", description=(__doc__ or "").split("\n\n")[0],
+        prog="expert.py",
+        description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,8 +278,10 @@ def make_critic(
 ) -> ContinuousCritic:
     return ContinuousCritic(
         preprocess_net=Net(
-            state_shape=tuple(obs_shape), action_shape=tuple(act_shape),
-            hidden_sizes=hidden_sizes, concat=True,
+            state_shape=tuple(obs_shape),
+            action_shape=tuple(act_shape),
+            hidden_sizes=hidden_sizes,
+            concat=True,
         )
     )
 
@@ -288,7 +306,8 @@ def make_sac(args: TrainArgs, obs_space: gym.spaces.Box, act_space: gym.spaces.B
         tau=args.tau,
         gamma=args.gamma,
         alpha=AutoAlpha(
-            target_entropy=target_entropy, log_alpha=0.0,
+            target_entropy=target_entropy,
+            log_alpha=0.0,
             optim=AdamOptimizerFactory(lr=args.alpha_lr),
         ),
     )
@@ -438,7 +457,7 @@ def _unflatten_batch(arrays: dict[str, np.ndarray], prefix: str, maxsize: int) -
     for name, arr in arrays.items():
         if not name.startswith(prefix):
             continue
-        *parents, leaf = name[len(prefix):].split("/")
+        *parents, leaf = name[len(prefix) :].split("/")
         node = tree
         for p in parents:
             node = node.setdefault(p, {})
@@ -488,12 +507,14 @@ def restore_buffer(buffer: ReplayBuffer, arrays: dict[str, np.ndarray]) -> None:
         if not bool(buffer._meta.done[last]):
             buffer._meta.truncated[last] = True
             buffer._meta.done[last] = True
-    buffer._random_state.set_state({
-        "bit_generator": "MT19937",
-        "state": {"key": arrays["rng_key"], "pos": int(arrays["rng_pos"])},
-        "has_gauss": int(arrays["rng_has_gauss"]),
-        "gauss": float(arrays["rng_gauss"]),
-    })
+    buffer._random_state.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": arrays["rng_key"], "pos": int(arrays["rng_pos"])},
+            "has_gauss": int(arrays["rng_has_gauss"]),
+            "gauss": float(arrays["rng_gauss"]),
+        }
+    )
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -657,8 +678,15 @@ def train(args: TrainArgs) -> TrainState:  # noqa: C901 - the loop reads best in
         )
     elif args.resume:
         log.info("no checkpoint in %s: starting a fresh run", run_dir)
-    log.info("%s: SAC, obs %s, act %s, %d env steps (%d random), run dir %s",
-             args.env, obs_space.shape, act_space.shape, args.steps, start_steps, run_dir)
+    log.info(
+        "%s: SAC, obs %s, act %s, %d env steps (%d random), run dir %s",
+        args.env,
+        obs_space.shape,
+        act_space.shape,
+        args.steps,
+        start_steps,
+        run_dir,
+    )
 
     train_envs.seed(args.seed + state.env_step)  # fresh episodes after a resume
     train_collector.reset(reset_buffer=False)
@@ -700,20 +728,36 @@ def train(args: TrainArgs) -> TrainState:  # noqa: C901 - the loop reads best in
             mean, std = float(returns.mean()), float(returns.std())
             speed = eval_window[0] / max(eval_window[1], 1e-9)
             eval_window = [0, 0.0]
-            append_metrics(run_dir / "metrics.csv", {
-                "env_step": state.env_step, "eval_return_mean": round(mean, 3),
-                "eval_return_std": round(std, 3), "wall_time": round(state.wall_time, 1),
-                "steps_per_s": round(speed, 2),
-            })
-            info = {"env_step": state.env_step, "eval_return_mean": mean,
-                    "eval_return_std": std, "eval_returns": returns.tolist(), "env_id": args.env}
+            append_metrics(
+                run_dir / "metrics.csv",
+                {
+                    "env_step": state.env_step,
+                    "eval_return_mean": round(mean, 3),
+                    "eval_return_std": round(std, 3),
+                    "wall_time": round(state.wall_time, 1),
+                    "steps_per_s": round(speed, 2),
+                },
+            )
+            info = {
+                "env_step": state.env_step,
+                "eval_return_mean": mean,
+                "eval_return_std": std,
+                "eval_returns": returns.tolist(),
+                "env_id": args.env,
+            }
             save_actor(run_dir, "actor", algorithm.policy.actor, info)
             is_best = state.best_return is None or mean > state.best_return
             if is_best:
                 state.best_return, state.best_step = mean, state.env_step
                 save_actor(run_dir, "best_actor", algorithm.policy.actor, info)
-            log.info("eval @ %d: return %.1f +- %.1f%s (%.1f steps/s since last eval)",
-                     state.env_step, mean, std, " (best)" if is_best else "", speed)
+            log.info(
+                "eval @ %d: return %.1f +- %.1f%s (%.1f steps/s since last eval)",
+                state.env_step,
+                mean,
+                std,
+                " (best)" if is_best else "",
+                speed,
+            )
             if args.stop_return is not None and mean >= args.stop_return:
                 log.info("reached --stop-return %.1f", args.stop_return)
                 stop.requested = True
@@ -729,20 +773,34 @@ def train(args: TrainArgs) -> TrainState:  # noqa: C901 - the loop reads best in
             last_log = time.perf_counter()
             losses = (
                 f"alpha {last_stats.alpha:.3g} | critic {last_stats.critic1_loss:.3g} | "
-                f"actor {last_stats.actor_loss:.3g}" if last_stats is not None else "warm-up"
+                f"actor {last_stats.actor_loss:.3g}"
+                if last_stats is not None
+                else "warm-up"
             )
             train_ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "-"
             eta = (args.steps - state.env_step) / speed if speed > 0 else math.inf
-            log.info("step %d/%d | %.1f steps/s | train return (10 ep) %s | %s | eta %s",
-                     state.env_step, args.steps, speed, train_ret, losses, format_duration(eta))
+            log.info(
+                "step %d/%d | %.1f steps/s | train return (10 ep) %s | %s | eta %s",
+                state.env_step,
+                args.steps,
+                speed,
+                train_ret,
+                losses,
+                format_duration(eta),
+            )
 
     if state.env_step != last_checkpoint_step:
         save_checkpoint(run_dir, algorithm, buffer, state, args.keep_checkpoints)
         log.info("checkpoint @ %d", state.env_step)
     train_envs.close()
     eval_envs.close()
-    log.info("done at env step %d: best eval return %s at step %d (%s)",
-             state.env_step, state.best_return, state.best_step, run_dir / "best_actor.pt")
+    log.info(
+        "done at env step %d: best eval return %s at step %d (%s)",
+        state.env_step,
+        state.best_return,
+        state.best_step,
+        run_dir / "best_actor.pt",
+    )
     return state
 
 
@@ -776,31 +834,56 @@ def record(args: RecordArgs) -> np.ndarray:
         "command": shlex.join([sys.executable, *sys.argv]),
         "expert_weights": f"{env_id}.expert.pt",
     }
-    log.info("recording %d episodes of %s with %s (eval return %.1f at step %d) into %s",
-             args.episodes, env_id, weights_path, attrs["expert_eval_return"],
-             attrs["expert_training_steps"], out)
-    returns = np.asarray(record_episodes(
-        env_id, deterministic_policy_fn(policy), path=out, n_episodes=args.episodes,
-        first_seed=args.first_seed, attrs=attrs, overwrite=True,
-    ))
+    log.info(
+        "recording %d episodes of %s with %s (eval return %.1f at step %d) into %s",
+        args.episodes,
+        env_id,
+        weights_path,
+        attrs["expert_eval_return"],
+        attrs["expert_training_steps"],
+        out,
+    )
+    returns = np.asarray(
+        record_episodes(
+            env_id,
+            deterministic_policy_fn(policy),
+            path=out,
+            n_episodes=args.episodes,
+            first_seed=args.first_seed,
+            attrs=attrs,
+            overwrite=True,
+        )
+    )
 
     with atomic_path(out.parent / f"{env_id}.expert.pt") as tmp:
         shutil.copyfile(weights_path, tmp)
-    write_json(out.parent / f"{env_id}.expert.json", {
-        **spec,
-        **{k: v for k, v in attrs.items() if k != "expert_weights"},
-        "hyperparameters": {k: v for k, v in asdict(config).items()
-                            if k not in ("resume", "run_dir", "threads", "log_every_s")},
-        "recorded_episodes": args.episodes,
-        "recorded_first_seed": args.first_seed,
-        "recorded_return_mean": float(returns.mean()),
-        "recorded_return_std": float(returns.std()),
-        "torch_version": torch.__version__,
-        "gymnasium_version": gym.__version__,
-        "demo_store": out.name,
-    })
-    log.info("recorded return %.1f +- %.1f (min %.1f, max %.1f) over %d episodes",
-             returns.mean(), returns.std(), returns.min(), returns.max(), len(returns))
+    write_json(
+        out.parent / f"{env_id}.expert.json",
+        {
+            **spec,
+            **{k: v for k, v in attrs.items() if k != "expert_weights"},
+            "hyperparameters": {
+                k: v
+                for k, v in asdict(config).items()
+                if k not in ("resume", "run_dir", "threads", "log_every_s")
+            },
+            "recorded_episodes": args.episodes,
+            "recorded_first_seed": args.first_seed,
+            "recorded_return_mean": float(returns.mean()),
+            "recorded_return_std": float(returns.std()),
+            "torch_version": torch.__version__,
+            "gymnasium_version": gym.__version__,
+            "demo_store": out.name,
+        },
+    )
+    log.info(
+        "recorded return %.1f +- %.1f (min %.1f, max %.1f) over %d episodes",
+        returns.mean(),
+        returns.std(),
+        returns.min(),
+        returns.max(),
+        len(returns),
+    )
     if args.min_return is not None and returns.mean() < args.min_return:
         log.error("mean recorded return %.1f < --min-return %.1f", returns.mean(), args.min_return)
         raise SystemExit(1)

@@ -491,8 +491,10 @@ def read_demos(
     select: Literal["first", "random"] = "first",
     seed: int = 0,
     expected_env_id: str | None = None,
+    episodes: Sequence[int] | None = None,
 ) -> DemoSet:
-    """Read complete episodes: all, the first `num_episodes`, or a seeded random subset.
+    """Read complete episodes: all, the first `num_episodes`, a seeded random subset, or the
+    store indices listed in `episodes`, in that order (overrides `num_episodes` and `select`).
 
     Random selection draws `num_episodes` distinct episodes with ``np.random.default_rng(seed)``
     and returns them in store order (sorted indices), so the same seed gives the same DemoSet.
@@ -508,12 +510,23 @@ def read_demos(
     n_avail = int(ends.shape[0])
     if n_avail == 0:
         raise ValueError(f"demo store {p} holds no complete episodes")
+    if episodes is not None:
+        idx = np.asarray(list(episodes), dtype=np.int64)
+        if idx.ndim != 1 or idx.size == 0 or len(set(idx.tolist())) != idx.size:
+            raise ValueError(f"episodes must be distinct store indices, got {list(episodes)}")
+        if idx.min() < 0 or idx.max() >= n_avail:
+            raise ValueError(
+                f"episodes {list(episodes)} out of range: demo store {p} holds {n_avail}"
+            )
+        num_episodes, select = int(idx.size), "first"
     k = n_avail if num_episodes is None else num_episodes
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"num_episodes must be a positive int or None, got {num_episodes!r}")
     if k > n_avail:
         raise ValueError(f"asked for {k} episodes but demo store {p} holds only {n_avail}")
-    if select == "first":
+    if episodes is not None:
+        pass
+    elif select == "first":
         idx = np.arange(k, dtype=np.int64)
     elif select == "random":
         idx = np.sort(np.random.default_rng(seed).choice(n_avail, size=int(k), replace=False))

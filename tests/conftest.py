@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest_plugins = ["conftest_server"]
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> None:
