@@ -28,6 +28,7 @@ from sd2ail_reward.discriminator import (
     build_discriminator,
     reward_from_log_one_minus_d,
 )
+from sd2ail_reward.metrics import frechet_distance
 from sd2ail_reward.normalize import InputNormalizer
 from sd2ail_reward.pedr import ExpertReplay
 from sd2ail_reward.synthetic import d_reward, dynamic_threshold, generate_pseudo_experts
@@ -332,10 +333,13 @@ class RewardLearner:
     def stats(self) -> dict[str, float]:
         """Monitoring figures; reads state, never changes it (no RNG draws)."""
         stride = max(1, self._expert_rows.shape[0] // _STATS_ROWS)
+        expert_rows = self._expert_rows[::stride]
+        pseudo_rows = self.replay.pseudo_latest(_STATS_ROWS)
         out = {
-            "d_reward/expert": self._mean_d(self._expert_rows[::stride]),
+            "d_reward/expert": self._mean_d(expert_rows),
             "d_reward/agent": self._mean_d(self.agent.latest(_STATS_ROWS)),
-            "d_reward/pseudo": self._mean_d(self.replay.pseudo_latest(_STATS_ROWS)),
+            "d_reward/pseudo": self._mean_d(pseudo_rows),
+            "pseudo/frechet_to_expert": frechet_distance(pseudo_rows, expert_rows),
             "pseudo/threshold": self.threshold,
             "pseudo/acceptance_last": self.last_acceptance,
             "pseudo/acceptance_total": self.accepted_total / max(self.candidates_total, 1),

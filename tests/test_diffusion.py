@@ -100,3 +100,13 @@ def test_reset_parameters_is_seeded_and_leaves_global_rng_alone() -> None:
     torch.random.set_rng_state(state)
     reset_parameters(a, torch.Generator().manual_seed(8))
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_library_frechet_distance_matches_the_closed_form() -> None:
+    from sd2ail_reward.metrics import frechet_distance as lib_fd
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]])
+    b = rng.normal(size=(2000, 2)) * 2 + 1
+    assert lib_fd(a, b) == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    assert lib_fd(a, a) == pytest.approx(0.0, abs=1e-9)

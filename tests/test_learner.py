@@ -48,6 +48,7 @@ def test_pseudo_experts_are_generated_with_the_dynamic_threshold() -> None:
     assert 0 < stats["pseudo/threshold"] < 1
     assert 0 < stats["pseudo/acceptance_total"] < 1
     assert stats["buffer/pseudo"] == learner.accepted_total
+    assert np.isfinite(stats["pseudo/frechet_to_expert"]) and stats["pseudo/frechet_to_expert"] >= 0
 
 
 def test_state_dict_round_trip_resumes_exactly(tmp_path: object) -> None:
