@@ -391,10 +391,12 @@ def save_tensors(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def append_metrics(path: Path, row: dict[str, float]) -> None:
+def append_metrics(
+    path: Path, row: dict[str, float], fieldnames: Sequence[str] = METRICS_FIELDS
+) -> None:
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -402,14 +404,16 @@ def append_metrics(path: Path, row: dict[str, float]) -> None:
         os.fsync(f.fileno())
 
 
-def truncate_metrics(path: Path, max_step: int) -> None:
+def truncate_metrics(
+    path: Path, max_step: int, fieldnames: Sequence[str] = METRICS_FIELDS
+) -> None:
     """Drop rows logged after the checkpoint a run resumes from (they will be logged again)."""
     if not path.exists():
         return
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["env_step"]) <= max_step]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
 

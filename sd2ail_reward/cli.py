@@ -117,6 +117,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="expert episodes to use, the store's first ones (default: all)",
     )
+    parser.add_argument(
+        "--demo-episodes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="explicit store indices of the expert episodes to use (overrides --num-demos)",
+    )
     add_learner_args(parser)
     net = parser.add_argument_group("network and security")
     net.add_argument(
@@ -294,6 +301,7 @@ def run_serve(args: argparse.Namespace) -> int:
             demos=args.demos,
             config=config,
             num_demos=args.num_demos,
+            episodes=None if args.demo_episodes is None else tuple(args.demo_episodes),
             seed=args.seed,
             device=args.device,
         )
@@ -305,6 +313,60 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, TokenFileError, OSError) as err:
         print(f"sd2ail-reward serve: error: {err}", file=sys.stderr, flush=True)
         return 2
+
+
+def add_demos_args(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="demos_command", required=True, metavar="ACTION")
+    inspect = sub.add_parser("inspect", help="table of episodes, returns and provenance")
+    inspect.add_argument("store", type=Path)
+    verify = sub.add_parser("verify", help="replay every episode from its reset seed")
+    verify.add_argument("store", type=Path)
+    verify.add_argument("--num-episodes", type=int, help="check only the first N episodes")
+    verify.add_argument("--tol", type=float, default=1e-5, help="allowed deviation")
+    sub.add_parser(
+        "record",
+        help="record expert episodes: runs `python agents/expert.py record ...` (needs the "
+        "agents extra); see its --help",
+        add_help=False,
+    )
+
+
+def run_demos(args: argparse.Namespace) -> int:
+    from sd2ail_reward.demos import inspect_demos, verify_demos
+
+    try:
+        if args.demos_command == "inspect":
+            print(inspect_demos(args.store))
+            return 0
+        report = verify_demos(args.store, num_episodes=args.num_episodes, tol=args.tol)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sd2ail-reward demos: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.store}: {report.n_episodes} episodes replayed, max obs deviation "
+        f"{report.max_obs_dev:.3g}, max reward deviation {report.max_reward_dev:.3g}: "
+        f"{'OK' if report.ok else 'FAILED'}"
+    )
+    for problem in report.problems:
+        print(f"  {problem}")
+    return 0 if report.ok else 1
+
+
+def _run_agent_script(module: str, argv: Sequence[str]) -> int:
+    """Delegate to an agent script (they import Tianshou; the library itself never does)."""
+    import importlib
+
+    try:
+        script = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        print(
+            f"sd2ail-reward: {module} needs the agents extra and a source checkout "
+            f"(pip install -e '.[agents]'): {err}",
+            file=sys.stderr,
+        )
+        return 2
+    result = script.main(list(argv))
+    return int(result or 0)
 
 
 def auto_torch_threads() -> int:
@@ -326,6 +388,13 @@ _SUBCOMMANDS: dict[
     tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
 ] = {
     "serve": ("run the gRPC reward server", add_serve_args, run_serve),
+    "demos": ("inspect, verify or record a zarr demo store", add_demos_args, run_demos),
+}
+_AGENT_COMMANDS = {
+    "train": (
+        "agents.sac",
+        "train an agent on the learned reward (the main job); see `train --help`",
+    ),
 }
 
 
@@ -341,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging level (default: %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in _AGENT_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, (help_text, add_args, run) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -350,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `sd2ail-reward`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _AGENT_COMMANDS:
+        return _run_agent_script(_AGENT_COMMANDS[argv[0]][0], argv[1:])
+    if argv[:2] == ["demos", "record"]:
+        return _run_agent_script("agents.expert", ["record", *argv[2:]])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

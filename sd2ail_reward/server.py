@@ -175,6 +175,8 @@ class LearnerSpec:
     num_demos: int | None = None
     select: Literal["first", "random"] = "first"
     demo_seed: int = 0
+    episodes: tuple[int, ...] | None = None
+    """Explicit store indices of the expert episodes (overrides num_demos and select)."""
     seed: int = 0
     device: str = "auto"
 
@@ -953,6 +955,7 @@ class RewardServer:
                 select=source.select,
                 seed=source.demo_seed,
                 expected_env_id=source.config.env_id or None,
+                episodes=source.episodes,
             )
             self._demo_meta = {
                 "path": str(source.demos),

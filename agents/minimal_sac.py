@@ -1,0 +1,312 @@
+"""A compact SAC in plain torch that learns from the SD2AIL reward server through nothing but
+`SD2AILRewardWrapper` (cleanrl style: one file, a frozen Args dataclass, a few functions).
+
+    python agents/minimal_sac.py --steps 20000                     # starts its own local server
+    python agents/minimal_sac.py --demo-episodes 6 1 --steps 20000   # learn from two demos
+    SD2AIL_REWARD_TOKEN=... python agents/minimal_sac.py --server 10.0.0.5:50051 --steps 20000
+
+The agent never sees the env's reward: the wrapper replaces it with the learned one at step time
+and pushes every transition to the server, whose trainer thread runs one discriminator update
+per pushed transition. `client.sync()` every `--sync-every` steps makes the discriminator keep
+pace with the agent. Evaluation is deterministic on an UNWRAPPED env, so it reports the env's
+true return.
+
+Without `--server` the script starts `python -m sd2ail_reward.cli serve` itself on 127.0.0.1
+with a free port and a freshly generated write token (in a private temporary token file), serving
+only the expert episodes chosen with `--demo-episodes` (or the store's first `--num-demos`), and
+stops it with SIGTERM at the end. Episode 0 of demos/Pendulum-v1.zarr starts upright and shows
+no swing-up, hence the default `--demo-episodes 6` (a full swing-up from near the bottom).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sd2ail_reward import RewardClient, SD2AILRewardWrapper
+from sd2ail_reward.cli import PORT_LINE
+
+
+def flag(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class Args:
+    env_id: str = flag("Pendulum-v1", "Gymnasium env id (must match the server's demos).")
+    server: str = flag("", "host:port of a running reward server; empty starts a local one.")
+    token: str = flag("", "token for --server (default: the SD2AIL_REWARD_TOKEN env variable).")
+    demos: str = flag("demos/Pendulum-v1.zarr", "demo store of the local server.")
+    demo_episodes: tuple[int, ...] = flag(
+        (6,), "store indices of the expert episodes the local server learns from.", nargs="+"
+    )
+    num_demos: int = flag(0, "use the store's first N episodes instead (0: --demo-episodes).")
+    serve_args: str = flag("", "extra flags for the local `serve`, e.g. '--hidden-dim 32'.")
+    steps: int = flag(20_000, "env steps in total, random warm-up included.")
+    seed: int = flag(0, "seed of torch, numpy, the env and the local server's learner.")
+    learning_starts: int = flag(1_000, "random-action steps before SAC updates begin.")
+    batch_size: int = flag(256, "minibatch size of each SAC update.")
+    hidden: int = flag(256, "width of the 2 hidden layers of the actor and the critics.")
+    gamma: float = flag(0.99, "discount factor.")
+    tau: float = flag(0.005, "Polyak coefficient of the target critics.")
+    policy_lr: float = flag(3e-4, "Adam learning rate of the actor and of log(alpha).")
+    q_lr: float = flag(1e-3, "Adam learning rate of the critics.")
+    sync_every: int = flag(1_000, "env steps between client.sync() calls.")
+    eval_every: int = flag(2_000, "env steps between deterministic true-return evaluations.")
+    eval_episodes: int = flag(5, "episodes per evaluation.")
+    threads: int = flag(1, "torch threads of the agent (the server runs its own).")
+    log_csv: str = flag("", "append step,eval_return,... rows to this CSV file.")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in fields(Args):
+        kwargs = dict(f.metadata)
+        kwargs.setdefault("type", int if f.name == "demo_episodes" else type(f.default))
+        kwargs["help"] += f" (default: {f.default!r})"
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kwargs)
+    values = vars(parser.parse_args(argv))
+    values["demo_episodes"] = tuple(values["demo_episodes"])
+    return Args(**values)
+
+
+# ------------------------------------------------------------------------------ local server
+
+
+@contextmanager
+def local_server(args: Args) -> Iterator[tuple[str, str]]:
+    """`sd2ail-reward serve` on 127.0.0.1:<free port> with a fresh write token; yields
+    (address, token) and stops the server with SIGTERM on exit."""
+    with tempfile.TemporaryDirectory(prefix="minimal-sac-") as tmp:
+        token = secrets.token_urlsafe(32)
+        token_file = Path(tmp) / "tokens"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"write {token}\n")
+        cmd = [sys.executable, "-m", "sd2ail_reward.cli", "--log-level", "WARNING", "serve"]
+        cmd += ["--demos", args.demos, "--port", "0", "--token-file", str(token_file)]
+        if args.num_demos:
+            cmd += ["--num-demos", str(args.num_demos)]
+        else:
+            cmd += ["--demo-episodes", *map(str, args.demo_episodes)]
+        cmd += ["--seed", str(args.seed), *shlex.split(args.serve_args)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            port = next((ln.split("=")[1] for ln in proc.stdout if ln.startswith(PORT_LINE)), "")
+            if not port:
+                raise RuntimeError(f"reward server exited ({proc.wait()}) before listening")
+            yield f"127.0.0.1:{port.strip()}", token
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# ------------------------------------------------------------------------------ SAC
+
+
+def mlp(inp: int, out: int, hidden: int) -> nn.Sequential:
+    layers = [nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(hidden, out))
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, rescaled to the env's action bounds."""
+
+    scale: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, obs_dim: int, space: gym.spaces.Box, hidden: int) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * space.shape[0], hidden)
+        low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+        self.register_buffer("scale", (high - low) / 2)
+        self.register_buffer("bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sampled action, its log-probability, deterministic action)."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        dist = torch.distributions.Normal(mean, log_std.clamp(-5, 2).exp())
+        u = dist.rsample()
+        y = torch.tanh(u)
+        logp = dist.log_prob(u) - torch.log(self.scale * (1 - y.pow(2)) + 1e-6)
+        return y * self.scale + self.bias, logp.sum(-1), torch.tanh(mean) * self.scale + self.bias
+
+
+class Critics(nn.Module):
+    """Twin Q-networks."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.q1, self.q2 = mlp(obs_dim + act_dim, 1, hidden), mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, act], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+class SAC:
+    def __init__(self, obs_dim: int, space: gym.spaces.Box, args: Args) -> None:
+        act_dim = space.shape[0]
+        self.args = args
+        self.actor = Actor(obs_dim, space, args.hidden)
+        self.critics = Critics(obs_dim, act_dim, args.hidden)
+        self.targets = copy.deepcopy(self.critics).requires_grad_(False)
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.target_entropy = -float(act_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+        self.q_opt = torch.optim.Adam(self.critics.parameters(), lr=args.q_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.policy_lr)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        sampled, _, mean = self.actor(torch.as_tensor(obs, dtype=torch.float32)[None])
+        return (mean if deterministic else sampled)[0].numpy()
+
+    def update(self, batch: dict[str, torch.Tensor]) -> None:
+        obs, act, rew, next_obs = batch["obs"], batch["act"], batch["rew"], batch["next_obs"]
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_logp, _ = self.actor(next_obs)
+            next_q = torch.min(*self.targets(next_obs, next_act)) - alpha * next_logp
+            target = rew + self.args.gamma * (1.0 - batch["term"]) * next_q
+        q1, q2 = self.critics(obs, act)
+        q_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+
+        new_act, logp, _ = self.actor(obs)
+        actor_loss = (alpha * logp - torch.min(*self.critics(obs, new_act))).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            for p, tp in zip(self.critics.parameters(), self.targets.parameters(), strict=True):
+                tp.lerp_(p, self.args.tau)
+
+
+def evaluate(agent: SAC, env_id: str, episodes: int, seed: int) -> float:
+    """Mean TRUE return of the deterministic policy on an unwrapped env."""
+    env = gym.make(env_id)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            obs, rew, term, trunc, _ = env.step(agent.act(obs, deterministic=True))
+            ret, done = ret + float(rew), term or trunc
+        returns.append(ret)
+    env.close()
+    return float(np.mean(returns))
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def train(args: Args, env: SD2AILRewardWrapper, client: RewardClient) -> float:
+    """The SAC loop on the wrapper's reward; returns the best evaluation return."""
+    assert isinstance(env.action_space, gym.spaces.Box)
+    agent = SAC(env.obs_dim, env.action_space, args)
+    n, obs_dim, act_dim = args.steps, env.obs_dim, env.act_dim
+    dims = {"obs": (obs_dim,), "act": (act_dim,), "rew": (), "next_obs": (obs_dim,), "term": ()}
+    buf = {k: np.zeros((n, *d), np.float32) for k, d in dims.items()}
+    recent: deque[tuple[float, float]] = deque(maxlen=2_000)  # (learned, env) reward pairs
+    rng = np.random.default_rng(args.seed)
+    env.action_space.seed(args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    best, start = -np.inf, time.monotonic()
+    for step in range(1, n + 1):
+        act = env.action_space.sample() if step <= args.learning_starts else agent.act(obs)
+        next_obs, rew, term, trunc, info = env.step(act)
+        for key, value in zip(buf, (obs, act, rew, next_obs, term), strict=True):
+            buf[key][step - 1] = value
+        recent.append((float(rew), info["env_reward"]))
+        obs = env.reset()[0] if term or trunc else next_obs
+
+        if step > args.learning_starts:
+            idx = rng.integers(0, step, size=args.batch_size)
+            agent.update({k: torch.as_tensor(v[idx]) for k, v in buf.items()})
+        if step % args.sync_every == 0:
+            client.sync()
+        if step % args.eval_every == 0 or step == n:
+            ret = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000)
+            best = max(best, ret)
+            learned, true = np.array(recent).T
+            corr = float(np.corrcoef(learned, true)[0, 1]) if learned.std() > 0 else float("nan")
+            stats = client.stats()["learner"]
+            row = {
+                "step": step,
+                "eval_return": round(ret, 2),
+                "best_return": round(float(best), 2),
+                "reward_env_corr": round(corr, 3),
+                "d_expert": round(stats.get("d_reward/expert", float("nan")), 3),
+                "d_agent": round(stats.get("d_reward/agent", float("nan")), 3),
+                "disc_updates": int(stats.get("updates", 0)),
+                "wall_s": round(time.monotonic() - start, 1),
+            }
+            print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+            if args.log_csv:
+                new = not Path(args.log_csv).exists()
+                with open(args.log_csv, "a", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=list(row))
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+    return float(best)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    with ExitStack() as stack:
+        if args.server:
+            address, token = args.server, args.token or None
+        else:
+            address, token = stack.enter_context(local_server(args))
+        client = stack.enter_context(RewardClient(address, token=token))
+        info = client.wait_ready(timeout_s=300)
+        print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)
+        # The only change an agent needs: wrap the training env. Closing it flushes the pushes.
+        env = SD2AILRewardWrapper(gym.make(args.env_id), reward=client, push=True)
+        stack.callback(env.close)
+        best = train(args, env, client)
+    print(f"best eval return {best:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

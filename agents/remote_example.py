@@ -1,0 +1,183 @@
+"""Remote example: the reward server in one process, the agent in another, connected by an
+address and a token.
+
+Terminal 1, the server (creates the token file with one fresh write token if it is missing)::
+
+    python agents/remote_example.py serve --token-file ~/.sd2ail-tokens --port 50051
+    # -> SD2AIL_SERVER_ADDRESS=127.0.0.1:50051
+    # any other flag goes to `sd2ail-reward serve` (e.g. --hidden-dim 64, --demos ...)
+
+Terminal 2, the agent (a random policy here; any agent works the same way, see
+agents/minimal_sac.py --server)::
+
+    python agents/remote_example.py agent --address 127.0.0.1:50051 \\
+        --token-file ~/.sd2ail-tokens --steps 400
+
+The agent wraps its env with ``SD2AILRewardWrapper(env, reward=RewardClient(address, token=...))``,
+pushes its transitions (the server trains the discriminator on them) and prints, per episode,
+the learned return beside the env's own return, then the server's statistics.
+
+Token file: lines ``write <token>`` (may push, sync, checkpoint) or ``read <token>`` (may only
+score and read stats), chmod 600. Make a token with
+``python -c "import secrets; print(secrets.token_urlsafe(32))"``.
+
+Across two machines, securely. The server binds 127.0.0.1 by default; a non-loopback bind is
+refused unless it has --token-file AND TLS (--tls-cert/--tls-key; --allow-insecure-remote
+overrides this, and then tokens travel in plaintext: do not). Either:
+
+1. TLS. On the server machine make a certificate whose subjectAltName is the address the agent
+   dials, e.g. ``openssl req -x509 -newkey rsa:3072 -nodes -days 365 -keyout server.key
+   -out server.pem -subj /CN=reward -addext subjectAltName=IP:10.0.0.5``, then::
+
+       python agents/remote_example.py serve --host 0.0.0.0 --port 50051 \\
+           --token-file tokens --tls-cert server.pem --tls-key server.key
+
+   Copy ``server.pem`` (public) and the token (secret; scp, never a chat or a repo) to the agent
+   machine, and run::
+
+       python agents/remote_example.py agent --address 10.0.0.5:50051 \\
+           --token-file tokens --tls-ca server.pem
+
+   Add ``--tls-client-ca ca.pem`` on the server to require client certificates too (mTLS). Give
+   agents that only need rewards a ``read`` token.
+2. An SSH tunnel. Keep the server on 127.0.0.1 and run
+   ``ssh -N -L 50051:127.0.0.1:50051 server-host`` on the agent machine; the agent then dials
+   127.0.0.1:50051 as in the local example (the token is still required).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import gymnasium as gym
+import numpy as np
+
+from sd2ail_reward import RewardClient, SD2AILRewardWrapper
+from sd2ail_reward.cli import PORT_LINE
+
+ADDRESS_LINE = "SD2AIL_SERVER_ADDRESS"
+
+
+def ensure_token_file(path: Path) -> None:
+    """Create `path` (mode 600) with one fresh write token unless it exists."""
+    if path.exists():
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"write {secrets.token_urlsafe(32)}\n")
+    print(f"wrote a new write token to {path}", flush=True)
+
+
+def read_token(path: Path) -> tuple[str, str]:
+    """(role, token) of the file's first write token, else of its first read token."""
+    entries = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    entries = [e for e in entries if len(e) == 2 and not e[0].startswith("#")]
+    for role in ("write", "read"):
+        for found, token in entries:
+            if found == role:
+                return role, token
+    raise ValueError(f"{path}: no 'write <token>' or 'read <token>' line")
+
+
+def serve(args: argparse.Namespace, extra: list[str]) -> int:
+    """Run `sd2ail-reward serve` as a child, print its address, forward SIGTERM/SIGINT."""
+    ensure_token_file(args.token_file)
+    cmd = [sys.executable, "-m", "sd2ail_reward.cli", "serve", "--demos", str(args.demos)]
+    cmd += ["--host", args.host, "--port", str(args.port), "--token-file", str(args.token_file)]
+    # Own session: a terminal's Ctrl-C reaches only this process, which forwards it once.
+    proc = subprocess.Popen(
+        [*cmd, *extra], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(PORT_LINE + "="):
+            host = args.host if args.host not in ("0.0.0.0", "::") else "<this-host>"
+            print(f"{ADDRESS_LINE}={host}:{line.split('=', 1)[1].strip()}", flush=True)
+            break
+    return proc.wait()
+
+
+def agent(args: argparse.Namespace) -> int:
+    """A random policy trained against nothing; it only shows the wrapper's plumbing."""
+    role, token = read_token(args.token_file)
+    client = RewardClient(args.address, token=token, root_certificates=args.tls_ca)
+    info = client.wait_ready(timeout_s=120)
+    print(f"connected to {args.address}: {info.env_id}, algo {info.algo}, token role {role}")
+    env = SD2AILRewardWrapper(
+        gym.make(info.env_id), reward=client, push=role == "write", push_batch=args.push_batch
+    )
+    env.action_space.seed(args.seed)
+    env.reset(seed=args.seed)
+    learned, true = [], []
+    ep_learned = ep_true = 0.0
+    for _ in range(args.steps):
+        _, rew, term, trunc, step_info = env.step(env.action_space.sample())
+        learned.append(float(rew))
+        true.append(step_info["env_reward"])
+        ep_learned, ep_true = ep_learned + float(rew), ep_true + step_info["env_reward"]
+        if term or trunc:
+            print(f"episode: learned return {ep_learned:9.2f}   env return {ep_true:9.2f}")
+            ep_learned = ep_true = 0.0
+            env.reset()
+    env.close()  # pushes the last partial batch
+    corr = np.corrcoef(learned, true)[0, 1] if np.std(learned) > 0 else float("nan")
+    print(
+        f"{args.steps} steps: mean learned reward {np.mean(learned):.3f}, "
+        f"mean env reward {np.mean(true):.3f}, correlation {corr:.3f}"
+    )
+    if role == "write":
+        synced = client.sync()
+        print(
+            f"pushed {env.n_pushed}; server trained {synced['updates']} updates on "
+            f"{synced['total_pushed']} pushed transitions"
+        )
+    stats = client.stats()["learner"]
+    print(
+        f"D on expert rows {stats['d_reward/expert']:.3f}, on agent rows "
+        f"{stats['d_reward/agent']:.3f}"
+    )
+    client.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "serve", allow_abbrev=False, help="start the reward server; other flags go to `serve`"
+    )
+    s.add_argument("--token-file", type=Path, required=True, help="created if missing")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    s.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    s.add_argument("--demos", type=Path, default=Path("demos/Pendulum-v1.zarr"))
+    a = sub.add_parser("agent", help="run a short agent loop against a server")
+    a.add_argument("--address", required=True, help="host:port printed by `serve`")
+    a.add_argument("--token-file", type=Path, required=True, help="file holding the token")
+    a.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to verify a TLS server")
+    a.add_argument("--steps", type=int, default=400, help="env steps (default: %(default)s)")
+    a.add_argument("--push-batch", type=int, default=100, help="transitions per push")
+    a.add_argument("--seed", type=int, default=0)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "serve":
+        return serve(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return agent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,590 @@
+"""SAC that never sees the env's reward: the main job behind `sd2ail-reward train`.
+
+Tianshou 2.0.1 SAC trained ONLY on the learned SD2AIL reward, served by a reward server:
+
+    sd2ail-reward train --env Hopper-v5 --demos demos/Hopper-v5.zarr --num-demos 1 \\
+        --algo sd2ail --steps 250000 --seed 0
+
+- With no `--server`, a local reward server is started (subprocess, 127.0.0.1, a free port, a
+  generated write token, checkpoints in RUN_DIR/server) and stopped at the end.
+- The training env is wrapped with `SD2AILRewardWrapper`: it pushes every transition to the
+  server, whose trainer thread runs one discriminator update per transition. Each chunk of
+  `--chunk` env steps is followed by `Sync` (the discriminator catches up) and `--chunk` SAC
+  updates: the reference's 1 discriminator + 1 SAC update per env step.
+- Rewards are relabelled when a batch is sampled (`RelabelingSAC`), with the current
+  discriminator, as the reference computes -log(1 - D) at SAC update time; `--no-relabel` uses
+  the wrapper's step-time reward instead.
+- Evaluation envs are NOT wrapped: every `--eval-every` steps, `--eval-episodes` deterministic
+  episodes report the true return. `--algo bc` trains the same actor by regression on the demos.
+
+Run directory: config.json, metrics.csv, TensorBoard events (tb/), learning_curve.png,
+checkpoints/ (SAC + replay buffer), server/ (the reward server's checkpoints), token.
+`--resume RUN_DIR` continues an interrupted run with the same step count and replay buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tianshou.algorithm import SAC
+from tianshou.algorithm.modelfree.sac import AutoAlpha, SACPolicy
+from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.data import Collector, CollectStats, ReplayBuffer
+from tianshou.env import DummyVectorEnv
+from tianshou.utils.torch_utils import policy_within_training_step
+
+from agents.expert import (
+    StopRequest,
+    TrainState,
+    append_metrics,
+    evaluate,
+    find_checkpoint,
+    load_checkpoint,
+    make_actor,
+    make_critic,
+    save_checkpoint,
+    truncate_metrics,
+    write_json,
+)
+from sd2ail_reward.client import RewardClient
+from sd2ail_reward.demos import DemoSet, read_demos
+from sd2ail_reward.metrics import pearson
+from sd2ail_reward.wrapper import SD2AILRewardWrapper
+
+log = logging.getLogger("sd2ail.train")
+PORT_PREFIX = "SD2AIL_SERVER_PORT="
+ALGOS = ("sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc")
+METRICS = (
+    "env_step",
+    "eval_return_mean",
+    "eval_return_std",
+    "wall_time",
+    "steps_per_s",
+    "reward_env_corr",
+    "d_expert",
+    "d_agent",
+    "pseudo_threshold",
+    "pseudo_acceptance",
+    "pseudo_frechet",
+    "disc_updates",
+)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Flags of `sd2ail-reward train` (SAC defaults: ALGORITHM.md sec. 2.3)."""
+
+    env: str = "Hopper-v5"
+    demos: str = "demos/Hopper-v5.zarr"
+    num_demos: int = 1
+    demo_episodes: tuple[int, ...] | None = None
+    algo: str = "sd2ail"
+    steps: int = 250_000
+    seed: int = 0
+    server: str | None = None
+    token: str | None = None
+    run_dir: str = ""
+    resume: bool = False
+    relabel: bool = True
+    frozen_discriminator: bool = False
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    start_steps: int = 5_000
+    chunk: int = 1_000
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    adam_beta1: float = 0.25
+    gamma: float = 0.99
+    tau: float = 0.005
+    alpha: float = 0.2
+    fixed_length: bool = True
+    bc_epochs: int = 200
+    server_args: tuple[str, ...] = ()
+    progress: bool = True
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.algo}-{self.env}-seed{self.seed}")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """The `train` flags; every one documented in --help."""
+    d = TrainArgs()
+    a = parser.add_argument
+    a("--env", default=d.env, help="Gymnasium env id (default: %(default)s)")
+    a("--demos", default=d.demos, help="zarr demo store of that env (default: %(default)s)")
+    a("--num-demos", type=int, default=d.num_demos, help="expert episodes (the first ones)")
+    a("--demo-episodes", type=int, nargs="+", help="explicit store indices of the episodes")
+    a("--algo", choices=ALGOS, default=d.algo, help="reward learner, or bc (no server)")
+    a("--steps", type=int, default=d.steps, help="env steps, warm-up included")
+    a("--seed", type=int, default=d.seed, help="seed of SAC, envs and the reward learner")
+    a("--server", help="host:port of a running reward server (default: start a local one)")
+    a("--token", help="token for --server (default: $SD2AIL_REWARD_TOKEN)")
+    a("--run-dir", default="", help="output directory (default: runs/<algo>-<env>-seed<seed>)")
+    a("--resume", action="store_true", help="continue the run in --run-dir")
+    a(
+        "--no-relabel",
+        dest="relabel",
+        action="store_false",
+        help="use the wrapper's step-time reward instead of relabelling sampled batches",
+    )
+    a(
+        "--frozen-discriminator",
+        action="store_true",
+        help="never train the discriminator (a control: the reward stays at its initial value)",
+    )
+    a("--eval-every", type=int, default=d.eval_every, help="env steps between evaluations")
+    a("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per evaluation")
+    a("--start-steps", type=int, default=d.start_steps, help="uniform random warm-up steps")
+    a(
+        "--chunk",
+        type=int,
+        default=d.chunk,
+        help="env steps between blocks of updates (1 disc + 1 SAC update per env step)",
+    )
+    a("--batch-size", type=int, default=d.batch_size, help="SAC minibatch")
+    a("--buffer-size", type=int, default=d.buffer_size, help="replay buffer capacity")
+    a("--hidden-sizes", type=int, nargs="+", default=list(d.hidden_sizes), help="SAC MLP sizes")
+    a("--lr", type=float, default=d.lr, help="Adam lr of actor, critics and alpha")
+    a("--adam-beta1", type=float, default=d.adam_beta1, help="Adam beta1 (reference: 0.25)")
+    a("--gamma", type=float, default=d.gamma, help="discount")
+    a("--tau", type=float, default=d.tau, help="target network Polyak coefficient")
+    a("--alpha", type=float, default=d.alpha, help="initial entropy coefficient (auto-tuned)")
+    a(
+        "--no-fixed-length",
+        dest="fixed_length",
+        action="store_false",
+        help="let training episodes terminate (default: MuJoCo training episodes run the full "
+        "horizon, terminate_when_unhealthy=False, as the reference's no_terminal)",
+    )
+    a("--bc-epochs", type=int, default=d.bc_epochs, help="epochs of --algo bc")
+    a(
+        "--server-arg",
+        dest="server_args",
+        action="append",
+        default=[],
+        help="extra flag for the local server, e.g. --server-arg=--hidden-dim=64 (repeatable)",
+    )
+    a("--no-progress", dest="progress", action="store_false", help="log lines, no progress bar")
+
+
+def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
+    values = {f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)}
+    for key in ("hidden_sizes", "demo_episodes", "server_args"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return TrainArgs(**values)
+
+
+# ------------------------------------------------------------------------------ reward server
+
+
+class LocalServer:
+    """A reward server subprocess on 127.0.0.1 with a generated write token."""
+
+    def __init__(self, args: TrainArgs, run_dir: Path) -> None:
+        token_file = run_dir / "token"
+        if not token_file.exists():
+            token_file.write_text(f"write {secrets.token_hex(24)}\n")
+            token_file.chmod(0o600)
+        self.token = token_file.read_text().split()[1]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sd2ail_reward.cli",
+            "serve",
+            "--demos",
+            args.demos,
+            "--algo",
+            args.algo,
+            "--seed",
+            str(args.seed),
+            "--port",
+            "0",
+            "--token-file",
+            str(token_file),
+            "--checkpoint-dir",
+            str(run_dir / "server"),
+            "--resume",
+        ]
+        if args.demo_episodes:
+            cmd += ["--demo-episodes", *map(str, args.demo_episodes)]
+        else:
+            cmd += ["--num-demos", str(args.num_demos)]
+        if args.frozen_discriminator:
+            cmd += ["--no-train"]
+        cmd += list(args.server_args)
+        log.info("starting reward server: %s", " ".join(cmd))
+        self.log_file = (run_dir / "server.log").open("a")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log_file, text=True)
+        assert self.proc.stdout is not None
+        port = None
+        for line in self.proc.stdout:
+            if line.startswith(PORT_PREFIX):
+                port = int(line.strip()[len(PORT_PREFIX) :])
+                break
+        if port is None:
+            raise SystemExit(f"reward server exited (code {self.proc.wait()}); see server.log")
+        self.address = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log_file.close()
+
+
+class RelabelingSAC(SAC):
+    """Scores each sampled batch with the current discriminator (one batched RPC), writing the
+    fresh rewards into the buffer, since n-step returns read `buffer.rew`."""
+
+    def __init__(self, *, reward_fn: Callable[..., np.ndarray], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reward_fn = reward_fn
+
+    def _preprocess_batch(self, batch: Any, buffer: ReplayBuffer, indices: np.ndarray) -> Any:
+        reward = self.reward_fn(batch.obs, batch.act, batch.obs_next)
+        buffer.rew[indices] = reward
+        batch.rew = reward
+        return super()._preprocess_batch(batch, buffer, indices)
+
+
+def make_sac(
+    args: TrainArgs,
+    obs_space: gym.spaces.Box,
+    act_space: gym.spaces.Box,
+    reward_fn: Callable[..., np.ndarray] | None,
+) -> SAC:
+    """SAC of the reference: lr 3e-4, Adam beta1 0.25, auto alpha with target -|A|/2."""
+    s, a = obs_space.shape, act_space.shape
+
+    def opt() -> AdamOptimizerFactory:
+        return AdamOptimizerFactory(lr=args.lr, betas=(args.adam_beta1, 0.999))
+
+    kwargs: dict[str, Any] = dict(
+        policy=SACPolicy(actor=make_actor(s, a, args.hidden_sizes), action_space=act_space),
+        policy_optim=opt(),
+        critic=make_critic(s, a, args.hidden_sizes),
+        critic_optim=opt(),
+        critic2=make_critic(s, a, args.hidden_sizes),
+        critic2_optim=opt(),
+        tau=args.tau,
+        gamma=args.gamma,
+        alpha=AutoAlpha(
+            target_entropy=-float(np.prod(a)) / 2, log_alpha=float(np.log(args.alpha)), optim=opt()
+        ),
+    )
+    if reward_fn is None:
+        return SAC(**kwargs)
+    return RelabelingSAC(reward_fn=reward_fn, **kwargs)
+
+
+def training_env_kwargs(args: TrainArgs) -> dict[str, Any]:
+    """Fixed-length training episodes for MuJoCo envs that can fall (the reference ignores
+    `done` and resets at the horizon); evaluation always respects termination."""
+    if not args.fixed_length:
+        return {}
+    entry = str(gym.spec(args.env).entry_point)
+    if "mujoco" in entry and any(n in args.env for n in ("Hopper", "Walker2d", "Ant")):
+        return {"terminate_when_unhealthy": False}
+    return {}
+
+
+def expert_return(demos: DemoSet) -> float:
+    """Mean return of the expert episodes in use (the reference line of the plots)."""
+    return float(np.mean(demos.episode_returns))
+
+
+# ------------------------------------------------------------------------------ diagnostics
+
+
+def reward_correlation(buffer: ReplayBuffer, client: RewardClient, n: int = 5000) -> float:
+    """Pearson correlation of the current learned reward and the env's reward over the last
+    `n` training transitions (the paper reports 90.1% on Hopper)."""
+    size = len(buffer)
+    if size < 2:
+        return float("nan")
+    idx = (int(buffer.last_index[0]) - np.arange(min(n, size))) % buffer.maxsize
+    batch: Any = buffer[idx]
+    learned = client.reward(
+        np.asarray(batch.obs), np.asarray(batch.act), np.asarray(batch.obs_next)
+    )
+    return pearson(learned, np.asarray(batch.info["env_reward"], np.float64))
+
+
+def write_learning_curve(run_dir: Path, expert: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    if not rows:
+        return
+    steps = [int(r["env_step"]) for r in rows]
+    mean = np.array([float(r["eval_return_mean"]) for r in rows])
+    std = np.array([float(r["eval_return_std"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, mean, label="agent (true return)")
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.axhline(expert, color="k", ls="--", label=f"expert demos ({expert:.0f})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "learning_curve.png", dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+class Progress:
+    """A progress bar refreshed at most twice a second, or log lines with --no-progress."""
+
+    def __init__(self, args: TrainArgs, start: int) -> None:
+        self.bar: Any = None
+        if args.progress:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            self.bar = tqdm(total=args.steps, initial=start, mininterval=0.5, unit="step")
+        self.last_log = time.time()
+
+    def update(self, step: int, n: int, post: dict[str, str]) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(post, refresh=False)
+        elif time.time() - self.last_log > 30:
+            self.last_log = time.time()
+            log.info("step %d %s", step, " ".join(f"{k} {v}" for k, v in post.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(args: TrainArgs) -> dict[str, float]:
+    run_dir = args.run_path
+    if args.resume:
+        saved = json.loads((run_dir / "config.json").read_text())
+        saved.update(steps=args.steps, resume=True, progress=args.progress)
+        for key in ("hidden_sizes", "demo_episodes", "server_args"):
+            if saved.get(key) is not None:
+                saved[key] = tuple(saved[key])
+        args = TrainArgs(**saved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", asdict(args))
+    torch.manual_seed(args.seed)
+    demos = read_demos(
+        args.demos,
+        num_episodes=args.num_demos,
+        episodes=args.demo_episodes,
+        expected_env_id=args.env,
+    )
+    expert = expert_return(demos)
+    if args.algo == "bc":
+        return train_bc(args, demos, expert)
+
+    server = None if args.server else LocalServer(args, run_dir)
+    address = args.server or (server.address if server else "")
+    token = args.token if args.server else (server.token if server else None)
+    client = RewardClient(address, token=token, timeout_s=60.0)
+    try:
+        client.wait_ready(timeout_s=300.0)
+        return train_sac(args, run_dir, client, expert)
+    finally:
+        client.close()
+        if server is not None:
+            server.stop()
+
+
+def train_sac(
+    args: TrainArgs, run_dir: Path, client: RewardClient, expert: float
+) -> dict[str, float]:
+    from torch.utils.tensorboard import SummaryWriter
+
+    probe = gym.make(args.env)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    env_kwargs = training_env_kwargs(args)
+    push = not args.frozen_discriminator
+
+    def make_train_env() -> gym.Env[Any, Any]:
+        env = gym.make(args.env, **env_kwargs)
+        return SD2AILRewardWrapper(env, reward=client, push=push, push_batch=args.chunk)
+
+    train_envs = DummyVectorEnv([make_train_env])
+    test_envs = DummyVectorEnv([lambda: gym.make(args.env) for _ in range(args.eval_episodes)])
+    train_envs.seed(args.seed)
+    algorithm = make_sac(args, obs_space, act_space, client.reward if args.relabel else None)
+    buffer = ReplayBuffer(args.buffer_size)
+    train_collector = Collector[CollectStats](algorithm, train_envs, buffer, exploration_noise=True)
+    test_collector = Collector[CollectStats](algorithm, test_envs)
+
+    state = TrainState()
+    checkpoint = find_checkpoint(run_dir) if args.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, algorithm, buffer)
+        truncate_metrics(run_dir / "metrics.csv", state.env_step, METRICS)
+        log.info("resumed from %s at env step %d", checkpoint, state.env_step)
+        train_envs.seed(args.seed + state.env_step)
+    train_collector.reset()
+    writer = SummaryWriter(str(run_dir / "tb"))
+    stop = StopRequest()
+    progress = Progress(args, state.env_step)
+    last_eval, stats = float("nan"), {}
+    session_start, wall_before = time.time(), state.wall_time
+    try:
+        while state.env_step < args.steps and not stop.requested:
+            random = state.env_step < args.start_steps
+            n = min(args.chunk, args.steps - state.env_step)
+            if random:
+                n = min(n, args.start_steps - state.env_step)
+            train_collector.collect(n_step=n, random=random)
+            state.env_step += n
+            if not random:
+                if push:
+                    client.sync()
+                with policy_within_training_step(algorithm.policy):
+                    for _ in range(n):
+                        algorithm.update(buffer=buffer, sample_size=args.batch_size)
+                state.n_updates += n
+            elapsed = state.wall_time = wall_before + time.time() - session_start
+            at_eval = state.env_step // args.eval_every > (state.env_step - n) // args.eval_every
+            if at_eval or state.env_step >= args.steps:
+                returns = evaluate(test_collector, test_envs, 10_000 + state.env_step)
+                last_eval = float(returns.mean())
+                stats = client.stats()["learner"]
+                row = {
+                    "env_step": state.env_step,
+                    "eval_return_mean": last_eval,
+                    "eval_return_std": float(returns.std()),
+                    "wall_time": round(elapsed, 1),
+                    "steps_per_s": round(state.env_step / max(elapsed, 1e-9), 2),
+                    "reward_env_corr": reward_correlation(buffer, client),
+                    "d_expert": stats.get("d_reward/expert", float("nan")),
+                    "d_agent": stats.get("d_reward/agent", float("nan")),
+                    "pseudo_threshold": stats.get("pseudo/threshold", float("nan")),
+                    "pseudo_acceptance": stats.get("pseudo/acceptance_total", float("nan")),
+                    "pseudo_frechet": stats.get("pseudo/frechet_to_expert", float("nan")),
+                    "disc_updates": stats.get("updates", float("nan")),
+                }
+                append_metrics(run_dir / "metrics.csv", row, METRICS)
+                for key, value in row.items():
+                    if key != "env_step":
+                        writer.add_scalar(f"train/{key}", value, state.env_step)
+                if state.best_return is None or last_eval > state.best_return:
+                    state.best_return, state.best_step = last_eval, state.env_step
+                    torch.save(algorithm.policy.actor.state_dict(), run_dir / "best_actor.pt")
+                write_learning_curve(run_dir, expert, f"{args.algo} on {args.env}")
+                client.checkpoint()
+                save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
+            progress.update(
+                state.env_step,
+                n,
+                {
+                    "eval": f"{last_eval:.0f}",
+                    "D_exp": f"{stats.get('d_reward/expert', float('nan')):.2f}",
+                    "D_agent": f"{stats.get('d_reward/agent', float('nan')):.2f}",
+                },
+            )
+    finally:
+        progress.close()
+        writer.close()
+    if stop.requested:
+        client.checkpoint()
+        save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
+    return summarize(run_dir, expert, state)
+
+
+def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, float]:
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    final = float(rows[-1]["eval_return_mean"]) if rows else float("nan")
+    best = max((float(r["eval_return_mean"]) for r in rows), default=float("nan"))
+    summary = {
+        "env_steps": float(state.env_step),
+        "best_return": best,
+        "final_return": final,
+        "expert_return": expert,
+        # a fraction of the expert's return means something only for positive returns
+        "best_fraction_of_expert": best / expert if expert > 0 else float("nan"),
+        "final_fraction_of_expert": final / expert if expert > 0 else float("nan"),
+    }
+    write_json(run_dir / "summary.json", summary)
+    print("\n" + "\n".join(f"{k:>26}  {v:12.3f}" for k, v in summary.items()), flush=True)
+    return summary
+
+
+def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]:
+    """Behaviour cloning baseline: the same actor, regressed onto the demo actions."""
+    run_dir = args.run_path
+    env = gym.make(args.env)
+    obs_space, act_space = env.observation_space, env.action_space
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    algorithm = make_sac(args, obs_space, act_space, None)
+    actor = algorithm.policy.actor
+    low, high = act_space.low, act_space.high
+    target = torch.as_tensor(2 * (demos.action - low) / (high - low) - 1, dtype=torch.float32)
+    obs = torch.as_tensor(demos.obs)
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(args.seed)
+    test_envs = DummyVectorEnv([lambda: gym.make(args.env) for _ in range(args.eval_episodes)])
+    collector = Collector[CollectStats](algorithm, test_envs)
+    state = TrainState()
+    for epoch in range(1, args.bc_epochs + 1):
+        for idx in torch.randperm(obs.shape[0], generator=gen).split(256):
+            (mu, _), _ = actor(obs[idx].numpy())
+            loss = (torch.tanh(mu) - target[idx]).pow(2).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        if epoch % max(1, args.bc_epochs // 10) == 0 or epoch == args.bc_epochs:
+            returns = evaluate(collector, test_envs, 10_000 + epoch)
+            append_metrics(
+                run_dir / "metrics.csv",
+                {
+                    "env_step": epoch,
+                    "eval_return_mean": float(returns.mean()),
+                    "eval_return_std": float(returns.std()),
+                    "wall_time": 0.0,
+                    "steps_per_s": 0.0,
+                },
+            )
+    state.env_step = args.bc_epochs
+    return summarize(run_dir, expert, state)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_train_args(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(1)
+    train(args_from_namespace(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
