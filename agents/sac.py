@@ -450,7 +450,7 @@ def train_sac(
         truncate_metrics(run_dir / "metrics.csv", state.env_step, METRICS)
         log.info("resumed from %s at env step %d", checkpoint, state.env_step)
         train_envs.seed(args.seed + state.env_step)
-    train_collector.reset()
+    train_collector.reset(reset_buffer=False)  # keep a resumed replay buffer
     writer = SummaryWriter(str(run_dir / "tb"))
     stop = StopRequest()
     progress = Progress(args, state.env_step)
