@@ -395,6 +395,7 @@ _AGENT_COMMANDS = {
         "agents.sac",
         "train an agent on the learned reward (the main job); see `train --help`",
     ),
+    "plot": ("agents.plot", "learning curves of runs and a PCA of expert vs pseudo-experts"),
 }
 
 

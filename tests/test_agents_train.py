@@ -66,6 +66,16 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     np.testing.assert_array_equal(obs_after[:600], obs_before[:600])
     assert np.abs(obs_after[600:900]).sum() > 0
 
+    plots = tmp_path / "plots"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sd2ail_reward.cli", "plot", str(run_dir), "--out", str(plots)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (plots / "curves.png").stat().st_size > 0 and (plots / "pca.png").stat().st_size > 0
+
 
 def test_committed_pendulum_demos_verify() -> None:
     proc = subprocess.run(

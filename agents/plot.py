@@ -1,0 +1,124 @@
+"""Figures of training runs: `sd2ail-reward plot RUN_DIR [RUN_DIR ...]`.
+
+- `curves.png`: the true evaluation return of every run against env steps, on one figure, with
+  each run's expert return (from its demo store) as a dashed line.
+- `pca.png` (the paper's Fig. 4): expert vs pseudo-expert samples of the first run's latest
+  server checkpoint, projected on the two principal components of the expert rows, in the
+  discriminator's normalised [action, obs] space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from sd2ail_reward.checkpoint import CheckpointError, CheckpointStore
+
+
+def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    if not rows:
+        raise SystemExit(f"{run_dir}: metrics.csv has no evaluations yet")
+    return (
+        np.array([int(r["env_step"]) for r in rows]),
+        np.array([float(r["eval_return_mean"]) for r in rows]),
+        np.array([float(r["eval_return_std"]) for r in rows]),
+    )
+
+
+def run_label(run_dir: Path) -> tuple[str, float | None]:
+    """'algo env seed' and the expert return recorded in the run's summary, if any."""
+    config = json.loads((run_dir / "config.json").read_text())
+    label = f"{config.get('algo', '?')} {config.get('env', '')} s{config.get('seed', '')}"
+    summary = run_dir / "summary.json"
+    expert = json.loads(summary.read_text()).get("expert_return") if summary.exists() else None
+    return label, expert
+
+
+def plot_curves(run_dirs: Sequence[Path], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    experts: set[float] = set()
+    for run_dir in run_dirs:
+        steps, mean, std = read_curve(run_dir)
+        label, expert = run_label(run_dir)
+        (line,) = ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        if expert is not None and expert not in experts:
+            experts.add(expert)
+            ax.axhline(expert, ls="--", color="k", lw=1, label=f"expert ({expert:.0f})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("true evaluation return")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def replay_rows(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(expert rows, pseudo-expert rows) from the latest good server checkpoint."""
+    state = CheckpointStore(run_dir / "server").load_latest().state
+    replay = state["replay"]
+    n_traj = int(replay["n_trajectories"])
+    expert = np.concatenate(
+        [
+            np.asarray(replay[f"expert.{i}.x"])[: int(replay[f"expert.{i}.size"])]
+            for i in range(n_traj)
+        ]
+    )
+    pseudo = np.asarray(replay["pseudo.x"])[: int(replay["pseudo.size"])]
+    return expert, pseudo
+
+
+def plot_pca(run_dir: Path, out: Path, max_points: int = 3000, seed: int = 0) -> bool:
+    try:
+        expert, pseudo = replay_rows(run_dir)
+    except (CheckpointError, FileNotFoundError, KeyError) as err:
+        print(f"no PCA figure: {err}")
+        return False
+    if pseudo.shape[0] == 0:
+        print("no PCA figure: the pseudo-expert buffer is empty")
+        return False
+    rng = np.random.default_rng(seed)
+    if pseudo.shape[0] > max_points:
+        pseudo = pseudo[rng.choice(pseudo.shape[0], max_points, replace=False)]
+    mean = expert.mean(axis=0)
+    _, _, vt = np.linalg.svd(expert - mean, full_matrices=False)
+    basis = vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 5))
+    p = (pseudo - mean) @ basis
+    e = (expert - mean) @ basis
+    ax.scatter(p[:, 0], p[:, 1], s=3, alpha=0.3, label=f"pseudo-expert ({len(p)})")
+    ax.scatter(e[:, 0], e[:, 1], s=3, alpha=0.6, label=f"expert ({len(e)})")
+    ax.set_xlabel("PC 1 (expert)")
+    ax.set_ylabel("PC 2 (expert)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="run directories of `train`")
+    parser.add_argument("--out", type=Path, default=Path("."), help="output directory")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_curves(args.run_dirs, args.out / "curves.png")
+    print(f"wrote {args.out / 'curves.png'}")
+    if plot_pca(args.run_dirs[0], args.out / "pca.png"):
+        print(f"wrote {args.out / 'pca.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
