@@ -364,3 +364,63 @@ def test_tianshou_subproc_env_matches_direct_calls(learner: RewardLearner) -> No
             obs = next_obs
     finally:
         venv.close()
+
+
+# --------------------------------------------------------------- a real server, forked workers
+
+
+def _served_rollout(venv: Any, n_envs: int, steps: int) -> list[Any]:
+    """Step `venv` with seeded random actions: per step (obs, act, next_obs, reward, info)."""
+    rng = np.random.default_rng(0)
+    records, obs = [], np.asarray(venv.reset(seed=[100 + i for i in range(n_envs)])[0])
+    for _ in range(steps):
+        act = rng.uniform(-2, 2, (n_envs, 1)).astype(np.float32)
+        out = venv.step(act)
+        next_obs, reward, info = np.asarray(out[0]), np.asarray(out[1]), out[-1]
+        records.append((obs.copy(), act, next_obs.copy(), reward.copy(), info))
+        obs = next_obs
+    return records
+
+
+@pytest.mark.parametrize("kind", ["gymnasium_async", "tianshou_subproc"])
+def test_forked_workers_with_a_served_client_match_direct_client_calls(
+    kind: str, demo_store: Any, serve_process: Any
+) -> None:
+    from conftest_server import SMALL_FLAGS, wait_serving
+
+    from sd2ail_reward.client import RewardClient
+
+    proc = serve_process("--demos", str(demo_store), "--port", "0", *SMALL_FLAGS, "--no-train")
+    wait_serving(proc.client())
+    client = RewardClient(proc.address)  # created before the fork: each worker opens its own
+    fns = [
+        (lambda: SD2AILRewardWrapper(gym.make("Pendulum-v1"), reward=client, push=False))
+        for _ in range(2)
+    ]
+    if kind == "gymnasium_async":
+        venv: Any = AsyncVectorEnv(fns, context="fork")  # type: ignore[arg-type]
+        records = _served_rollout(venv, 2, 5)
+        env_rewards = [np.asarray(info["env_reward"]) for *_, info in records]
+    else:
+        from tianshou.env import SubprocVectorEnv
+
+        venv = SubprocVectorEnv(fns, context="fork")
+        obs = np.stack(venv.reset(seed=100)[0])  # every worker gets the same seed
+        rng = np.random.default_rng(0)
+        records, env_rewards = [], []
+        for _ in range(5):
+            act = rng.uniform(-2, 2, (2, 1)).astype(np.float32)
+            next_obs, reward, _, _, info = venv.step(act)
+            records.append((obs.copy(), act, np.stack(next_obs), np.asarray(reward), info))
+            env_rewards.append(np.array([i["env_reward"] for i in info]))
+            obs = np.stack(next_obs)
+    venv.close()
+    plain = [gym.make("Pendulum-v1") for _ in range(2)]
+    for i, env in enumerate(plain):
+        env.reset(seed=100 + i if kind == "gymnasium_async" else 100)
+    for (obs, act, next_obs, reward, _), env_reward in zip(records, env_rewards, strict=True):
+        direct = client.reward(obs, act, next_obs)
+        np.testing.assert_allclose(reward, direct, rtol=1e-6, atol=1e-6)
+        true = [plain[i].step(act[i])[1] for i in range(2)]
+        np.testing.assert_allclose(env_reward, true, rtol=1e-6)
+    client.close()
