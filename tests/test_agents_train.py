@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PENDULUM = REPO / "demos" / "Pendulum-v1.zarr"
+HOPPER = REPO / "demos" / "Hopper-v5.zarr"
 
 TINY = [
     "--env", "Pendulum-v1", "--demos", str(PENDULUM), "--demo-episodes", "6",
@@ -77,9 +78,10 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert (plots / "curves.png").stat().st_size > 0 and (plots / "pca.png").stat().st_size > 0
 
 
-def test_committed_pendulum_demos_verify() -> None:
+@pytest.mark.parametrize("store", [PENDULUM, HOPPER], ids=["Pendulum-v1", "Hopper-v5"])
+def test_committed_demos_verify(store: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "sd2ail_reward.cli", "demos", "verify", str(PENDULUM)],
+        [sys.executable, "-m", "sd2ail_reward.cli", "demos", "verify", str(store)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -95,3 +97,12 @@ def test_committed_pendulum_expert_meets_the_bar() -> None:
     assert demos.n_episodes == 40
     assert (np.diff(np.concatenate([[0], demos.episode_ends])) == 200).all()
     assert demos.episode_returns.mean() >= -200
+
+
+def test_committed_hopper_expert_meets_the_bar() -> None:
+    from sd2ail_reward.demos import read_demos
+
+    demos = read_demos(HOPPER)
+    assert demos.n_episodes == 40
+    assert (np.diff(np.concatenate([[0], demos.episode_ends])) == 1000).all()
+    assert demos.episode_returns.mean() >= 3000
