@@ -51,6 +51,62 @@ def _log_one_minus_exp_neg(m_B: Tensor) -> Tensor:
     return torch.log((-torch.expm1(-m_B)).clamp_min(_TINY))
 
 
+class RewardScorer:
+    """D_reward's forward with everything that depends only on the weights precomputed.
+
+    For fixed weights the K*T timestep embeddings, the q_sample coefficients sqrt(ac_t), the
+    noise terms sqrt(1 - ac_t) eps of the fixed reward-noise table and the time-embedding part
+    of the first body Linear are constants. Per call only
+    x_t = c_R x0 + n_RD, h = x_t W_x^T + h0_RH, the remaining Mish / Linear layers and the
+    error reduction are left. Same values as `eps_sq_err_all_steps` up to float rounding
+    (the first Linear's sum is split as x part + time part). Built under no_grad: scoring only.
+    """
+
+    def __init__(self, denoiser: Denoiser, schedule: NoiseSchedule, noise_KTD: Tensor) -> None:
+        n_draws, n_steps, dim = noise_KTD.shape
+        device = noise_KTD.device
+        with torch.no_grad():
+            t_R = torch.arange(n_steps, device=device).repeat(n_draws)
+            eps_RD = noise_KTD.reshape(n_draws * n_steps, dim).detach().clone()
+            first = denoiser.body[0]
+            assert isinstance(first, nn.Linear)
+            weight = first.weight.detach()
+            temb_RE = denoiser.time_mlp(t_R)
+            self.rows = n_draws * n_steps
+            self.dim = dim
+            self.eps_RD = eps_RD
+            self.c_R1 = schedule.sqrt_ac_T[t_R, None].detach().clone()
+            self.n_RD = schedule.sqrt_one_minus_ac_T[t_R, None] * eps_RD
+            self.w_x_DH = weight[:, :dim].t().contiguous()
+            self.h0_RH = torch.addmm(first.bias.detach(), temb_RE, weight[:, dim:].t())
+            self.layers: list[tuple[Tensor, Tensor]] = []
+            for layer in list(denoiser.body)[2::2]:
+                assert isinstance(layer, nn.Linear)
+                self.layers.append(
+                    (layer.bias.detach().clone(), layer.weight.detach().t().contiguous())
+                )
+
+    def sq_err(self, x0_BD: Tensor) -> Tensor:
+        """(B, K*T, D) squared eps errors, nan -> inf (call under no_grad / inference_mode)."""
+        batch = x0_BD.shape[0]
+        x_t = (self.c_R1 * x0_BD[:, None, :] + self.n_RD).reshape(batch * self.rows, self.dim)
+        h = torch.mm(x_t, self.w_x_DH)
+        h.view(batch, self.rows, -1).add_(self.h0_RH)
+        for bias, weight_T in self.layers:
+            h = torch.addmm(bias, F.mish(h, inplace=True), weight_T)
+        err = h.view(batch, self.rows, self.dim).sub_(self.eps_RD)
+        return torch.nan_to_num_(err.mul_(err), nan=float("inf"), posinf=float("inf"))
+
+    def log_one_minus_d(self, x0_BD: Tensor) -> Tensor:
+        """log(mean(1 - exp(-err^2))) per row, clamped at 1e-30."""
+        mean_expm1_B = self.sq_err(x0_BD).neg_().expm1_().mean(dim=(1, 2))
+        return torch.log(mean_expm1_B.neg_().clamp_min_(_TINY))
+
+    def d(self, x0_BD: Tensor) -> Tensor:
+        """mean(exp(-err^2)) per row."""
+        return self.sq_err(x0_BD).neg_().exp_().mean(dim=(1, 2))
+
+
 class DiffusionDiscriminator(nn.Module):
     """D_train(x) = exp(-eps-MSE at one random t); D_reward = mean over all T (and K fixed noise
     draws) and dims of exp(-eps error^2), as in DiffAIL's `p_losses` and `calc_reward`."""
@@ -77,6 +133,8 @@ class DiffusionDiscriminator(nn.Module):
             (config.reward_noise_samples, config.n_timesteps, input_dim), generator=generator
         )
         self.register_buffer("reward_noise_KTD", noise)
+        self._linears = [m for m in self.denoiser.modules() if isinstance(m, nn.Linear)]
+        self._scorer_cache: tuple[tuple[tuple[int, int], ...], RewardScorer] | None = None
 
     def _clip(self, x_BD: Tensor) -> Tensor:
         return x_BD.clamp(-self.input_clip, self.input_clip)
@@ -87,19 +145,43 @@ class DiffusionDiscriminator(nn.Module):
         return -m_B, _log_one_minus_exp_neg(m_B)
 
     def _reward_sq_err(self, x_BD: Tensor) -> Tensor:
+        """Reference (unoptimised) squared errors of D_reward; `RewardScorer` must match it."""
         sq_err = eps_sq_err_all_steps(
             self.denoiser, self.schedule, self._clip(x_BD), self.reward_noise_KTD
         )
         return torch.nan_to_num(sq_err, nan=float("inf"), posinf=float("inf"))
 
+    def _weights_key(self) -> tuple[tuple[int, int], ...]:
+        """Changes whenever a parameter or buffer is replaced or modified in place (optimizer
+        steps, load_state_dict, .to()): every in-place op bumps a tensor's version counter."""
+        tensors = [
+            self.reward_noise_KTD,
+            self.schedule.sqrt_ac_T,
+            self.schedule.sqrt_one_minus_ac_T,
+        ]
+        for layer in self._linears:  # the modules stay; their tensors may be swapped or updated
+            tensors.append(layer.weight)
+            tensors.append(layer.bias)
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def reward_scorer(self) -> RewardScorer:
+        """The precomputed scoring path for the current weights, rebuilt (K*T rows, cheap)
+        whenever the weights changed since it was built: never stale."""
+        key = self._weights_key()
+        cached = self._scorer_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        scorer = RewardScorer(self.denoiser, self.schedule, self.reward_noise_KTD)
+        self._scorer_cache = (key, scorer)
+        return scorer
+
     def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
         with torch.no_grad():
-            one_minus_d_B = (-torch.expm1(-self._reward_sq_err(x_BD))).mean(dim=(1, 2))
-            return torch.log(one_minus_d_B.clamp_min(_TINY))
+            return self.reward_scorer().log_one_minus_d(self._clip(x_BD))
 
     def reward_d(self, x_BD: Tensor) -> Tensor:
         with torch.no_grad():
-            return torch.exp(-self._reward_sq_err(x_BD)).mean(dim=(1, 2))
+            return self.reward_scorer().d(self._clip(x_BD))
 
     def sample(self, n_samples: int, generator: torch.Generator, max_action: float) -> Tensor:
         """Pseudo-expert candidates from the reverse chain; only action dims are clamped."""

@@ -76,11 +76,15 @@ class RewardModel:
     def reward_rows(self, x_BD: np.ndarray) -> np.ndarray:
         """Reward of already-validated rows, float32 (B,)."""
         out = np.empty(x_BD.shape[0], np.float32)
-        for start in range(0, x_BD.shape[0], _REWARD_CHUNK):
-            chunk = torch.from_numpy(x_BD[start : start + _REWARD_CHUNK]).to(self.device)
-            log_1md = self.disc.reward_log_one_minus_d(chunk)
-            reward = reward_from_log_one_minus_d(log_1md, self.reward_scale)
-            out[start : start + chunk.shape[0]] = reward.cpu().numpy()
+        # Both the live learner and snapshots score here, through the discriminator's cached
+        # precomputed path (rebuilt whenever the weights change), so equal weights and rows
+        # give bitwise-equal rewards in process and over gRPC.
+        with torch.inference_mode():
+            for start in range(0, x_BD.shape[0], _REWARD_CHUNK):
+                chunk = torch.from_numpy(x_BD[start : start + _REWARD_CHUNK]).to(self.device)
+                log_1md = self.disc.reward_log_one_minus_d(chunk)
+                reward = reward_from_log_one_minus_d(log_1md, self.reward_scale)
+                out[start : start + chunk.shape[0]] = reward.cpu().numpy()
         return out
 
     def reward(self, obs: object, act: object, next_obs: object | None = None) -> np.ndarray:

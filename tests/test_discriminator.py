@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,82 @@ def test_gradient_penalty_is_finite_and_enters_the_loss() -> None:
     assert out.loss.item() == pytest.approx(
         out.expert_term + out.agent_term + 10.0 * out.grad_penalty, rel=1e-5
     )
+
+
+def _reference_rewards(disc: DiffusionDiscriminator, x: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """D_reward and log(1 - D_reward) straight from `eps_sq_err_all_steps` (the definition)."""
+    with torch.no_grad():
+        sq_err = disc._reward_sq_err(x)
+        d_ref = torch.exp(-sq_err).mean(dim=(1, 2))
+        log_1md_ref = torch.log((-torch.expm1(-sq_err)).mean(dim=(1, 2)).clamp_min(1e-30))
+    return d_ref.numpy(), log_1md_ref.numpy()
+
+
+def _reference_float64(
+    disc: DiffusionDiscriminator, x: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference D_reward and log(1 - D) evaluated in float64 (same weights and noise)."""
+    wide = copy.deepcopy(disc).double()
+    noise_KTD = wide.reward_noise_KTD
+    n_draws, n_steps, dim = noise_KTD.shape
+    t_R = torch.arange(n_steps).repeat(n_draws)
+    eps_RD = noise_KTD.reshape(-1, dim)
+    sched, net = wide.schedule, wide.denoiser
+    with torch.no_grad():
+        x0 = x.double().clamp(-disc.input_clip, disc.input_clip)
+        x_t = (
+            sched.sqrt_ac_T[t_R, None] * x0[:, None, :]
+            + sched.sqrt_one_minus_ac_T[t_R, None] * eps_RD
+        )
+        temb = net.time_mlp[1:](net.time_mlp[0](t_R).double())
+        inp = torch.cat([x_t, temb.expand(x0.shape[0], -1, -1)], dim=-1)
+        sq_err = (net.body(inp) - eps_RD).pow(2)
+        sq_err = torch.nan_to_num(sq_err, nan=float("inf"), posinf=float("inf"))
+        d_B = torch.exp(-sq_err).mean(dim=(1, 2))
+        log_1md_B = torch.log((-torch.expm1(-sq_err)).mean(dim=(1, 2)).clamp_min(1e-30))
+        return d_B.numpy(), log_1md_B.numpy()
+
+
+@pytest.mark.parametrize("magnitude", [0.1, 1.0, 3.0, 1e3, 1e6, 1e30])
+def test_precomputed_reward_path_equals_the_reference_formula(magnitude: float) -> None:
+    """The cached fast path (constant time embeddings, noise terms and first-layer time part)
+    gives the reference D and log(1 - D) to 1e-5 relative at moderate inputs, before and
+    after the weights change in place (the cache must never serve stale constants).
+
+    Large inputs: with |x| clipped at 1e4 the float32 rounding of the first Linear is ~1e-3
+    absolute for either summation order, and exp(-err^2) amplifies it (err^2 ~ 40 -> ~3e-5
+    relative in D, and in log(1 - D) ~ -D), so there both are checked against a float64
+    evaluation of the formula: the fast path must be as close to it as the float32 reference."""
+    disc = make("diffusion")
+    assert isinstance(disc, DiffusionDiscriminator)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((96, DIM), generator=gen) * magnitude
+    x[0] = float("nan")
+    x[1] = magnitude
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    previous: np.ndarray | None = None
+    for _ in range(3):
+        d_ref, log_1md_ref = _reference_rewards(disc, x)
+        with torch.inference_mode():
+            d_fast = disc.reward_d(x).numpy()
+            log_1md_fast = disc.reward_log_one_minus_d(x).numpy()
+        assert np.isfinite(log_1md_fast).all()
+        if magnitude <= 3.0:
+            np.testing.assert_allclose(d_fast, d_ref, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(log_1md_fast, log_1md_ref, rtol=1e-5, atol=1e-7)
+        else:
+            wide = _reference_float64(disc, x)
+            for fast, ref, exact in zip(
+                (d_fast, log_1md_fast), (d_ref, log_1md_ref), wide, strict=True
+            ):
+                scale = np.maximum(np.abs(exact), 1e-30)
+                err_fast = np.abs(fast - exact) / scale
+                err_ref = np.abs(ref - exact) / scale
+                assert err_fast.max() <= 4 * err_ref.max() + 1e-5, (err_fast.max(), err_ref.max())
+        if previous is not None:  # the weights changed: so did the rewards (no stale cache)
+            assert not np.array_equal(d_fast, previous)
+        previous = d_fast
+        loss = torch.stack([(p * p).sum() for p in disc.parameters()]).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
