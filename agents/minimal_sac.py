@@ -8,8 +8,8 @@
 The agent never sees the env's reward: the wrapper replaces it with the learned one at step time
 and pushes every transition to the server, whose trainer thread runs one discriminator update
 per pushed transition. `client.sync()` every `--sync-every` steps makes the discriminator keep
-pace with the agent. Evaluation is deterministic on an UNWRAPPED env, so it reports the env's
-true return.
+pace with the agent. The env is the one the server's demos come from (GetInfo's env id).
+Evaluation is deterministic on an UNWRAPPED env, so it reports the env's true return.
 
 Without `--server` the script starts `python -m sd2ail_reward.cli serve` itself on 127.0.0.1
 with a free port and a freshly generated write token (in a private temporary token file), serving
@@ -47,6 +47,10 @@ from torch import nn
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.cli import PORT_LINE
 
+EVAL_SEED_OFFSET = 1_000_000
+"""Evaluation episode i resets with seed + EVAL_SEED_OFFSET + i: the same start states at every
+evaluation, none shared with training or with the demo store's reset seeds (10000, 10001, ...)."""
+
 
 def flag(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
@@ -54,9 +58,8 @@ def flag(default: Any, help: str, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class Args:
-    env_id: str = flag("Pendulum-v1", "Gymnasium env id (must match the server's demos).")
     server: str = flag("", "host:port of a running reward server; empty starts a local one.")
-    token: str = flag("", "token for --server (default: the SD2AIL_REWARD_TOKEN env variable).")
+    token: str = flag("", "token for --server; empty: the SD2AIL_REWARD_TOKEN env variable.")
     demos: str = flag("demos/Pendulum-v1.zarr", "demo store of the local server.")
     demo_episodes: tuple[int, ...] = flag(
         (6,), "store indices of the expert episodes the local server learns from.", nargs="+"
@@ -74,7 +77,7 @@ class Args:
     q_lr: float = flag(1e-3, "Adam learning rate of the critics.")
     sync_every: int = flag(1_000, "env steps between client.sync() calls.")
     eval_every: int = flag(2_000, "env steps between deterministic true-return evaluations.")
-    eval_episodes: int = flag(5, "episodes per evaluation.")
+    eval_episodes: int = flag(10, "episodes per evaluation.")
     threads: int = flag(1, "torch threads of the agent (the server runs its own).")
     log_csv: str = flag("", "append step,eval_return,... rows to this CSV file.")
 
@@ -236,7 +239,7 @@ def evaluate(agent: SAC, env_id: str, episodes: int, seed: int) -> float:
 # ------------------------------------------------------------------------------ training
 
 
-def train(args: Args, env: SD2AILRewardWrapper, client: RewardClient) -> float:
+def train(args: Args, env_id: str, env: SD2AILRewardWrapper, client: RewardClient) -> float:
     """The SAC loop on the wrapper's reward; returns the best evaluation return."""
     assert isinstance(env.action_space, gym.spaces.Box)
     agent = SAC(env.obs_dim, env.action_space, args)
@@ -262,7 +265,7 @@ def train(args: Args, env: SD2AILRewardWrapper, client: RewardClient) -> float:
         if step % args.sync_every == 0:
             client.sync()
         if step % args.eval_every == 0 or step == n:
-            ret = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000)
+            ret = evaluate(agent, env_id, args.eval_episodes, args.seed + EVAL_SEED_OFFSET)
             best = max(best, ret)
             learned, true = np.array(recent).T
             corr = float(np.corrcoef(learned, true)[0, 1]) if learned.std() > 0 else float("nan")
@@ -301,9 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = client.wait_ready(timeout_s=300)
         print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)
         # The only change an agent needs: wrap the training env. Closing it flushes the pushes.
-        env = SD2AILRewardWrapper(gym.make(args.env_id), reward=client, push=True)
+        env = SD2AILRewardWrapper(gym.make(info.env_id), reward=client, push=True)
         stack.callback(env.close)
-        best = train(args, env, client)
+        best = train(args, info.env_id, env, client)
     print(f"best eval return {best:.1f}", flush=True)
     return 0
 

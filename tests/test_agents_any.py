@@ -186,7 +186,7 @@ def test_minimal_sac_raises_learned_reward_of_expert_behaviour(tmp_path: Path) -
             f"held-out {before[1]:.3f} -> {after[1]:.3f}"
         )
         # The untrained reward is flat (margins 0.000). Measured with these settings, seeds 0-2:
-        # demo 0.17-0.33, held-out 0.14-0.30, on rewards of about 2 (2 CPU cores, loaded).
+        # demo 0.16-0.33, held-out 0.12-0.30 over 6 runs, on rewards of about 2 (2 CPU cores).
         assert after[0] - before[0] > 0.05, (before, after)
         assert after[1] - before[1] > 0.05, (before, after)
         client.close()
