@@ -14,6 +14,15 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?= --env Hopper-v5 --demos demos/Hopper-v5.zarr --num-demos 1 --algo sd2ail \
 	--steps 250000 --seed 0
 
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[agents,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
 run: $(STAMP)
 	$(BIN)/sd2ail-reward train $(RUN_ARGS)
 
