@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import grpc
 import gymnasium as gym
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ from agents.expert import (
     truncate_metrics,
     write_json,
 )
-from sd2ail_reward.client import RewardClient
+from sd2ail_reward.client import RewardClient, RewardServiceError
 from sd2ail_reward.demos import DemoSet, read_demos
 from sd2ail_reward.metrics import pearson
 from sd2ail_reward.wrapper import SD2AILRewardWrapper
@@ -269,6 +270,27 @@ class RelabelingSAC(SAC):
         return super()._preprocess_batch(batch, buffer, indices)
 
 
+def wait_for_discriminator(client: RewardClient, round_s: float = 300.0) -> dict[str, int]:
+    """`Sync` until the server has trained on everything pushed. On a slow machine catching up
+    can take longer than one deadline (e.g. the warm-up's thousands of transitions at a few
+    updates/s), so keep waiting while the model version advances; fail if it stalls."""
+    last_version = -1
+    while True:
+        try:
+            return client.sync(timeout_s=round_s)
+        except RewardServiceError as err:
+            if err.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            version = client.info().model_version
+            if version == last_version:
+                raise RuntimeError(
+                    f"the reward server made no training progress in {round_s:.0f} s "
+                    f"(model version {version}): {err.details}"
+                ) from err
+            log.info("discriminator catching up (model version %d): %s", version, err.details)
+            last_version = version
+
+
 def make_sac(
     args: TrainArgs,
     obs_space: gym.spaces.Box,
@@ -466,7 +488,7 @@ def train_sac(
             state.env_step += n
             if not random:
                 if push:
-                    client.sync()
+                    wait_for_discriminator(client)
                 with policy_within_training_step(algorithm.policy):
                     for _ in range(n):
                         algorithm.update(buffer=buffer, sample_size=args.batch_size)

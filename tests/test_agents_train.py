@@ -106,3 +106,38 @@ def test_committed_hopper_expert_meets_the_bar() -> None:
     assert demos.n_episodes == 40
     assert (np.diff(np.concatenate([[0], demos.episode_ends])) == 1000).all()
     assert demos.episode_returns.mean() >= 3000
+
+
+class _SlowServer:
+    """A client stand-in whose Sync times out `misses` times; `progress` says whether the
+    model version advances meanwhile."""
+
+    def __init__(self, misses: int, progress: bool) -> None:
+        self.misses, self.progress, self.version, self.calls = misses, progress, 0, 0
+
+    def sync(self, timeout_s: float) -> dict[str, int]:
+        import grpc
+
+        from sd2ail_reward.client import RewardServiceError
+
+        self.calls += 1
+        if self.calls <= self.misses:
+            self.version += 100 if self.progress else 0
+            raise RewardServiceError("Sync", grpc.StatusCode.DEADLINE_EXCEEDED, "not yet")
+        return {"model_version": self.version}
+
+    def info(self) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(model_version=self.version)
+
+
+def test_agent_keeps_waiting_while_the_discriminator_catches_up() -> None:
+    from agents.sac import wait_for_discriminator
+
+    slow = _SlowServer(misses=3, progress=True)
+    assert wait_for_discriminator(slow, round_s=0.01) == {"model_version": 300}  # type: ignore[arg-type]
+    assert slow.calls == 4
+    stalled = _SlowServer(misses=5, progress=False)
+    with pytest.raises(RuntimeError, match="no training progress"):
+        wait_for_discriminator(stalled, round_s=0.01)  # type: ignore[arg-type]
