@@ -8,9 +8,12 @@ Tianshou 2.0.1 SAC trained ONLY on the learned SD2AIL reward, served by a reward
 - With no `--server`, a local reward server is started (subprocess, 127.0.0.1, a free port, a
   generated write token, checkpoints in RUN_DIR/server) and stopped at the end.
 - The training env is wrapped with `SD2AILRewardWrapper`: it pushes every transition to the
-  server, whose trainer thread runs one discriminator update per transition. Each chunk of
-  `--chunk` env steps is followed by `Sync` (the discriminator catches up) and `--chunk` SAC
-  updates: the reference's 1 discriminator + 1 SAC update per env step.
+  server, whose trainer thread runs one discriminator update per transition after the warm-up
+  (the local server gets `--min-agent-size <start steps>`, so the random warm-up transitions
+  earn no updates, as in the reference). Each chunk of `--chunk` env steps is followed by
+  `--chunk` SAC updates, which run while the server's discriminator trains on that chunk (two
+  processes, two cores), then `Sync`: the reference's 1 discriminator + 1 SAC update per env
+  step, interleaved. `--no-overlap` syncs before the SAC updates instead (serial, slower).
 - Rewards are relabelled when a batch is sampled (`RelabelingSAC`), with the current
   discriminator, as the reference computes -log(1 - D) at SAC update time; `--no-relabel` uses
   the wrapper's step-time reward instead.
@@ -102,6 +105,7 @@ class TrainArgs:
     run_dir: str = ""
     resume: bool = False
     relabel: bool = True
+    overlap: bool = True
     frozen_discriminator: bool = False
     eval_every: int = 10_000
     eval_episodes: int = 10
@@ -145,6 +149,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         dest="relabel",
         action="store_false",
         help="use the wrapper's step-time reward instead of relabelling sampled batches",
+    )
+    a(
+        "--no-overlap",
+        dest="overlap",
+        action="store_false",
+        help="wait for the discriminator to finish a chunk before its SAC updates (default: "
+        "SAC updates run while it trains, then Sync)",
     )
     a(
         "--frozen-discriminator",
@@ -224,6 +235,8 @@ class LocalServer:
             "--checkpoint-dir",
             str(run_dir / "server"),
             "--resume",
+            "--min-agent-size",
+            str(max(args.start_steps, 256)),
         ]
         if args.demo_episodes:
             cmd += ["--demo-episodes", *map(str, args.demo_episodes)]
@@ -487,12 +500,14 @@ def train_sac(
             train_collector.collect(n_step=n, random=random)
             state.env_step += n
             if not random:
-                if push:
+                if push and not args.overlap:
                     wait_for_discriminator(client)
                 with policy_within_training_step(algorithm.policy):
                     for _ in range(n):
                         algorithm.update(buffer=buffer, sample_size=args.batch_size)
                 state.n_updates += n
+                if push and args.overlap:
+                    wait_for_discriminator(client)
             elapsed = state.wall_time = wall_before + time.time() - session_start
             at_eval = state.env_step // args.eval_every > (state.env_step - n) // args.eval_every
             if at_eval or state.env_step >= args.steps:
