@@ -131,6 +131,56 @@ def test_served_reward_equals_inprocess_learner_reward(
     assert proc.terminate() == 0
 
 
+def _omp_max_threads() -> int | None:
+    """omp_get_max_threads() of the calling thread; None without torch's GNU OpenMP runtime."""
+    import ctypes
+    import glob
+    import os
+
+    import torch
+
+    libs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
+    return int(ctypes.CDLL(libs[0]).omp_get_max_threads()) if libs else None
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_handler_threads_use_the_servers_torch_thread_count(
+    demo_store: Path, monkeypatch: pytest.MonkeyPatch, batching: bool
+) -> None:
+    """OpenMP's thread count is per thread: a handler thread that never set it scores with one
+    OpenMP thread per core (15 to 28 ms instead of 0.5 ms for batch 1 on a busy 2-core
+    machine), while torch.get_num_threads() still reports the main thread's 1."""
+    import os
+
+    import torch
+
+    import sd2ail_reward.server as server_module
+
+    if _omp_max_threads() is None or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs torch with GNU OpenMP on >= 2 cores")
+    seen: list[int | None] = []
+    score = server_module._score_rows
+
+    def spy(model: Any, x: np.ndarray) -> np.ndarray:
+        seen.append(_omp_max_threads())
+        return score(model, x)
+
+    monkeypatch.setattr(server_module, "_score_rows", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        server = start_inprocess(small_learner(demo_store), train=False, batching=batching)
+        try:
+            with RewardClient(address(server)) as client:
+                for seed in range(4):
+                    client.reward(*probe_batch(3, seed=seed)[:2])
+        finally:
+            server.stop(grace_s=0.0)
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 4 and set(seen) == {1}
+
+
 def test_info_and_stats_describe_the_server(frozen: tuple[Any, RewardLearner]) -> None:
     server, _ = frozen
     with RewardClient(address(server)) as client:
