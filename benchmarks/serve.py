@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.metadata
+import multiprocessing as mp
 import os
 import platform
 import signal
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,10 @@ class Row:
     p99_ms: float
     mean_batch_requests: float = float("nan")
     server_compute_ms: float = float("nan")
+    server_cpu_ms: float = float("nan")
+    """CPU time of the server process (all threads) per request."""
+    client_cpu_ms: float = float("nan")
+    """CPU time of the calling process(es) per call (in-process: the whole call)."""
 
 
 def synthetic_store(path: Path, env_id: str, obs_dim: int, act_dim: int) -> Path:
@@ -91,13 +97,15 @@ def synthetic_store(path: Path, env_id: str, obs_dim: int, act_dim: int) -> Path
 
 
 def measure(
-    call: Callable[[], object], seconds: float, warmup_s: float
-) -> tuple[int, float, np.ndarray]:
-    """Closed loop: (calls, elapsed, latencies in s) over `seconds` after `warmup_s`."""
+    call: Callable[[], object], seconds: float, warmup_s: float, pid: int | None = None
+) -> tuple[int, float, np.ndarray, float, float]:
+    """Closed loop: (calls, elapsed, latencies in s, CPU s of this process, CPU s of process
+    `pid`) over `seconds` after `warmup_s`."""
     end_warmup = time.perf_counter() + warmup_s
     while time.perf_counter() < end_warmup:
         call()
     lat = []
+    cpu0, other0 = time.process_time(), proc_cpu_s(pid) if pid else float("nan")
     start = time.perf_counter()
     stop = start + seconds
     while True:
@@ -107,7 +115,18 @@ def measure(
         lat.append(t1 - t0)
         if t1 >= stop:
             break
-    return len(lat), time.perf_counter() - start, np.asarray(lat)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    other = proc_cpu_s(pid) - other0 if pid else float("nan")
+    return len(lat), elapsed, np.asarray(lat), cpu, other
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def row(
@@ -121,6 +140,7 @@ def row(
     *,
     mean_batch: float = float("nan"),
     server_compute_ms: float = float("nan"),
+    cpu: tuple[float, float] = (float("nan"), float("nan")),
 ) -> Row:
     out = Row(
         part=part,
@@ -134,12 +154,15 @@ def row(
         p99_ms=round(float(np.percentile(lat, 99)) * 1e3, 3),
         mean_batch_requests=round(mean_batch, 2),
         server_compute_ms=round(server_compute_ms, 3),
+        server_cpu_ms=round(cpu[0] * 1e3 / max(calls, 1), 3),
+        client_cpu_ms=round(cpu[1] * 1e3 / max(calls, 1), 3),
     )
     print(
         f"{part:12s} {mode:12s} clients={clients:<3d} batch={batch:<5d} "
         f"{out.rewards_per_s:>10.0f} rewards/s  p50 {out.p50_ms:8.3f} ms  "
         f"p99 {out.p99_ms:8.3f} ms  batch/eval {out.mean_batch_requests:5}  "
-        f"server compute/eval {out.server_compute_ms} ms",
+        f"server compute/eval {out.server_compute_ms} ms  CPU/call server "
+        f"{out.server_cpu_ms} ms client {out.client_cpu_ms} ms",
         flush=True,
     )
     return out
@@ -176,12 +199,14 @@ class Server:
 
 def batch_part(args: argparse.Namespace, store: Path, server_args: list[str]) -> list[Row]:
     """In-process vs gRPC per batch size, in alternating rounds (load drift hits both)."""
+    import grpc
     import torch
 
     from sd2ail_reward.cli import build_parser, learner_config
     from sd2ail_reward.client import RewardClient
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
+    from sd2ail_reward.rpc import reward_pb2, reward_pb2_grpc
 
     torch.set_num_threads(args.torch_threads)
     demos = read_demos(store)
@@ -205,87 +230,218 @@ def batch_part(args: argparse.Namespace, store: Path, server_args: list[str]) ->
             before = client.stats()["serving"]
             for _ in range(args.rounds):
                 for mode, call in calls.items():
-                    found[mode].add(*measure(call, args.seconds / args.rounds, args.warmup))
+                    pid = server.proc.pid if mode == "grpc" else None
+                    calls_, elapsed, lat, cpu, server_cpu = measure(
+                        call, args.seconds / args.rounds, args.warmup, pid
+                    )
+                    found[mode].add(calls_, elapsed, lat, server_cpu, cpu)
             after = client.stats()["serving"]
             batches = max(after["batches"] - before["batches"], 1)
             compute = (after["compute_ms_total"] - before["compute_ms_total"]) / batches
             for mode, window in found.items():
                 rows.append(
-                    row("batch", mode, 1, b, *window.result(),
+                    row("batch", mode, 1, b, *window.result(), cpu=window.cpu,
                         server_compute_ms=compute if mode == "grpc" else float("nan"))
                 )  # fmt: skip
+        # The floor under every RPC: GetInfo does no model work and no tensor decoding.
+        channel = grpc.insecure_channel(server.address)
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        info_request = reward_pb2.GetInfoRequest()
+        window = Window()
+        for _ in range(args.rounds):
+            calls_, elapsed, lat, cpu, server_cpu = measure(
+                partial(stub.GetInfo, info_request, timeout=60),
+                args.seconds / args.rounds / 2,
+                args.warmup,
+                server.proc.pid,
+            )
+            window.add(calls_, elapsed, lat, server_cpu, cpu)
+        rows.append(row("batch", "grpc-getinfo", 1, 0, *window.result(), cpu=window.cpu))
+        channel.close()
     finally:
         server.stop()
     return rows
 
 
 class Window:
-    """Calls, time and latencies summed over several measurement rounds."""
+    """Calls, time, latencies and CPU (server, client) summed over several rounds."""
 
     def __init__(self) -> None:
         self.calls, self.elapsed, self.lat = 0, 0.0, [np.zeros(0)]
+        self.cpu = (0.0, 0.0)
 
-    def add(self, calls: int, elapsed: float, lat: np.ndarray) -> None:
+    def add(
+        self, calls: int, elapsed: float, lat: np.ndarray, server_cpu: float, client_cpu: float
+    ) -> None:
         self.calls += calls
         self.elapsed += elapsed
         self.lat.append(lat)
+        self.cpu = (self.cpu[0] + server_cpu, self.cpu[1] + client_cpu)
 
     def result(self) -> tuple[int, float, np.ndarray]:
         return self.calls, self.elapsed, np.concatenate(self.lat)
 
 
-def run_clients(
-    address: str, n: int, info: ServerInfo, args: argparse.Namespace, seconds: float
-) -> tuple[int, float, np.ndarray, dict[str, float]]:
-    """n closed-loop clients, one transition per call: (calls, elapsed, latencies, the
-    server's serving stats before and after as {batches, requests, compute_ms})."""
+_Result = tuple[int, float, np.ndarray, float, float]
+
+
+def _client_process(conn: Connection) -> None:
+    """One single-env client in its own process: connect, then closed loops on command."""
+    from sd2ail_reward.client import RewardClient
+
+    clients: dict[str, RewardClient] = {}
+    while (msg := conn.recv()) is not None:
+        address, obs, act, seconds, warmup, start_at = msg
+        if address not in clients:
+            clients[address] = RewardClient(address, timeout_s=30)
+        call = partial(clients[address].reward, obs, act)
+        if start_at is None:  # connect before timing
+            call()
+            conn.send(None)
+            continue
+        time.sleep(max(0.0, start_at - time.monotonic()))  # CLOCK_MONOTONIC: system-wide
+        conn.send(measure(call, seconds, warmup))
+    for client in clients.values():
+        client.close()
+
+
+class ClientProcesses:
+    """Closed-loop single-transition clients, one process each (as envs run): no client
+    shares a GIL with another, so the clients' own Python cost runs in parallel."""
+
+    def __init__(self, n: int) -> None:
+        ctx = mp.get_context("spawn")  # no inherited gRPC or torch state
+        self.conns: list[Connection] = []
+        self.procs = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_client_process, args=(child,), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def run(
+        self,
+        address: str,
+        n: int,
+        obs: np.ndarray,
+        act: np.ndarray,
+        seconds: float,
+        warmup: float,
+        start_at: float,
+    ) -> list[_Result]:
+        conns = self.conns[:n]
+        for i, conn in enumerate(conns):
+            conn.send((address, obs[i], act[i], seconds, warmup, None))
+        for conn in conns:
+            conn.recv()
+        for i, conn in enumerate(conns):
+            conn.send((address, obs[i], act[i], seconds, warmup, start_at))
+        return [conn.recv() for conn in conns]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(30)
+
+
+def _client_threads(
+    address: str,
+    n: int,
+    obs: np.ndarray,
+    act: np.ndarray,
+    seconds: float,
+    warmup: float,
+    start_at: float,
+) -> list[_Result]:
+    """Closed-loop single-transition clients as threads of this process (one channel each)."""
     from sd2ail_reward.client import RewardClient
 
     clients = [RewardClient(address, timeout_s=30) for _ in range(n)]
-    rng = np.random.default_rng(n)
-    obs = rng.normal(size=(n, 1, info.obs_dim)).astype(np.float32)
-    act = rng.uniform(-1, 1, size=(n, 1, info.act_dim)).astype(np.float32)
     for i, c in enumerate(clients):  # connect before timing
         c.reward(obs[i], act[i])
-    before = clients[0].stats()["serving"]
-    results: list[tuple[int, float, np.ndarray]] = [(0, 0.0, np.zeros(0))] * n
-    barrier = threading.Barrier(n)
+    results: list[_Result] = [(0, 0.0, np.zeros(0), 0.0, 0.0)] * n
 
     def run(i: int) -> None:
-        barrier.wait()
-        call = partial(clients[i].reward, obs[i], act[i])
-        results[i] = measure(call, seconds, args.warmup)
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        results[i] = measure(partial(clients[i].reward, obs[i], act[i]), seconds, warmup)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    after = clients[0].stats()["serving"]
     for c in clients:
         c.close()
+    return results
+
+
+def run_clients(
+    address: str,
+    n: int,
+    info: ServerInfo,
+    args: argparse.Namespace,
+    seconds: float,
+    procs: ClientProcesses | None,
+    server_pid: int,
+) -> tuple[int, float, np.ndarray, dict[str, float]]:
+    """n closed-loop clients, one transition per call, as processes (`procs`) or threads:
+    (calls, elapsed, latencies, and over the window: the server's serving stats as
+    {batches, requests, compute_ms}, its CPU s per request, the clients' CPU s per call)."""
+    from sd2ail_reward.client import RewardClient
+
+    rng = np.random.default_rng(n)
+    obs = rng.normal(size=(n, 1, info.obs_dim)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(n, 1, info.act_dim)).astype(np.float32)
+    start_at = time.monotonic() + 1.0  # every client connected by then
+    server_cpu: list[float] = []
+
+    def sample_server_cpu() -> None:  # over the timed part of the clients' loops
+        for t in (start_at + args.warmup, start_at + args.warmup + seconds):
+            time.sleep(max(0.0, t - time.monotonic()))
+            server_cpu.append(proc_cpu_s(server_pid))
+
+    sampler = threading.Thread(target=sample_server_cpu)
+    with RewardClient(address, timeout_s=30) as probe:
+        before = probe.stats()["serving"]
+        sampler.start()
+        if procs is not None:
+            results = procs.run(address, n, obs, act, seconds, args.warmup, start_at)
+        else:
+            results = _client_threads(address, n, obs, act, seconds, args.warmup, start_at)
+        sampler.join()
+        after = probe.stats()["serving"]
+    calls = sum(r[0] for r in results)
     delta = {
         "batches": after["batches"] - before["batches"],
         "requests": after["reward_requests"] - before["reward_requests"],
         "compute_ms": after["compute_ms_total"] - before["compute_ms_total"],
+        "server_cpu_s": server_cpu[1] - server_cpu[0],
+        # threads: each one's process_time is the whole process's, over the same window
+        "client_cpu_s": sum(r[3] for r in results) / (1 if procs is not None else n),
     }
-    calls = sum(r[0] for r in results)
     elapsed = max(r[1] for r in results)
     return calls, elapsed, np.concatenate([r[2] for r in results]), delta
 
 
 def concurrency_part(args: argparse.Namespace, server_args: list[str]) -> list[Row]:
-    """Batching on vs off, both servers up, alternating rounds per client count."""
+    """Batching on vs off, both servers up, alternating rounds per client count; clients are
+    processes, then (part `concurrency-threads`, 16 clients) threads of this process."""
     from sd2ail_reward.client import RewardClient
 
     servers = {
         "batching-on": Server([*server_args, "--batching"], args.log_dir / "serve-on.log"),
         "batching-off": Server([*server_args, "--no-batching"], args.log_dir / "serve-off.log"),
     }
+    procs = ClientProcesses(max(CLIENTS))
     rows = []
     try:
         info = RewardClient(servers["batching-on"].address).info()
-        for n in CLIENTS:
+        plan: list[tuple[str, int, ClientProcesses | None]]
+        plan = [("concurrency", n, procs) for n in CLIENTS]
+        plan.append(("concurrency-threads", max(CLIENTS), None))
+        for part, n, kind in plan:
             found = {mode: Window() for mode in servers}
             totals = {
                 mode: {"batches": 0.0, "requests": 0.0, "compute_ms": 0.0} for mode in servers
@@ -293,20 +449,24 @@ def concurrency_part(args: argparse.Namespace, server_args: list[str]) -> list[R
             for _ in range(args.rounds):
                 for mode, server in servers.items():
                     calls, elapsed, lat, delta = run_clients(
-                        server.address, n, info, args, args.seconds / args.rounds
+                        server.address, n, info, args, args.seconds / args.rounds, kind,
+                        server.proc.pid,
+                    )  # fmt: skip
+                    found[mode].add(
+                        calls, elapsed, lat, delta.pop("server_cpu_s"), delta.pop("client_cpu_s")
                     )
-                    found[mode].add(calls, elapsed, lat)
                     for key, value in delta.items():
                         totals[mode][key] += value
             for mode in servers:
                 t = totals[mode]
                 batches = max(t["batches"], 1.0)
                 rows.append(
-                    row("concurrency", mode, n, 1, *found[mode].result(),
+                    row(part, mode, n, 1, *found[mode].result(), cpu=found[mode].cpu,
                         mean_batch=t["requests"] / batches,
                         server_compute_ms=t["compute_ms"] / batches)
                 )  # fmt: skip
     finally:
+        procs.close()
         for server in servers.values():
             server.stop()
     return rows
@@ -346,6 +506,12 @@ def checks(rows: list[Row]) -> list[str]:
         ratio = on.rewards_per_s / off.rewards_per_s
         out.append(f"16 clients, batching on / off: {ratio:.2f}x (floor 3x): "
                    + ("PASS" if ratio >= 3 else "MISS"))  # fmt: skip
+    on = get.get(("concurrency-threads", "batching-on", 16, 1))
+    off = get.get(("concurrency-threads", "batching-off", 16, 1))
+    if on and off:
+        out.append(
+            f"(16 clients as threads of one process: {on.rewards_per_s / off.rewards_per_s:.2f}x)"
+        )
     one = get.get(("batch", "grpc", 1, 1))
     if one:
         out.append(f"p99 at batch 1, one client: {one.p99_ms:.3f} ms (floor < 2 ms): "
@@ -364,8 +530,9 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         pts = [r for r in rows if r.part == "batch" and r.mode == mode]
         ax1.plot([r.batch for r in pts], [r.rewards_per_s for r in pts], marker=marker,
                  label=mode)  # fmt: skip
-    ax1.set(xscale="log", yscale="log", xlabel="batch size (rows per call)",
-            ylabel="rewards / s", title="one caller")  # fmt: skip
+    if any(r.part == "batch" for r in rows):  # log axes need data (--part concurrency)
+        ax1.set(xscale="log", yscale="log")
+    ax1.set(xlabel="batch size (rows per call)", ylabel="rewards / s", title="one caller")
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend()
     width = 0.38
@@ -375,7 +542,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         bars = ax2.bar(xs, [r.rewards_per_s for r in pts], width, label=mode)
         ax2.bar_label(bars, [f"p99 {r.p99_ms:.1f} ms" for r in pts], fontsize=7)
         ax2.set_xticks(np.arange(len(pts)), [f"{r.clients} clients" for r in pts])
-    ax2.set(ylabel="rewards / s", title="single-transition clients (batch 1)")
+    ax2.set(ylabel="rewards / s", title="single-transition clients (batch 1), one process each")
     ax2.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
