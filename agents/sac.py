@@ -109,6 +109,7 @@ class TrainArgs:
     frozen_discriminator: bool = False
     eval_every: int = 10_000
     eval_episodes: int = 10
+    target_return: float | None = None
     start_steps: int = 5_000
     chunk: int = 1_000
     batch_size: int = 256
@@ -164,6 +165,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     )
     a("--eval-every", type=int, default=d.eval_every, help="env steps between evaluations")
     a("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per evaluation")
+    a(
+        "--target-return",
+        type=float,
+        help="stop once an evaluation's mean true return reaches this (default: run all steps)",
+    )
     a("--start-steps", type=int, default=d.start_steps, help="uniform random warm-up steps")
     a(
         "--chunk",
@@ -468,7 +474,10 @@ def train_sac(
 
     def make_train_env() -> gym.Env[Any, Any]:
         env = gym.make(args.env, **env_kwargs)
-        return SD2AILRewardWrapper(env, reward=client, push=push, push_batch=args.chunk)
+        # relabelling scores every sampled batch, so a step-time reward would be wasted work
+        return SD2AILRewardWrapper(
+            env, reward=client, push=push, push_batch=args.chunk, score_steps=not args.relabel
+        )
 
     train_envs = DummyVectorEnv([make_train_env])
     test_envs = DummyVectorEnv([lambda: gym.make(args.env) for _ in range(args.eval_episodes)])
@@ -538,6 +547,14 @@ def train_sac(
                 write_learning_curve(run_dir, expert, f"{args.algo} on {args.env}")
                 client.checkpoint()
                 save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
+                if args.target_return is not None and last_eval >= args.target_return:
+                    log.info(
+                        "evaluation return %.1f reached --target-return %.1f at env step %d",
+                        last_eval,
+                        args.target_return,
+                        state.env_step,
+                    )
+                    break
             progress.update(
                 state.env_step,
                 n,

@@ -31,6 +31,7 @@ Semantics (both wrappers):
 
 from __future__ import annotations
 
+import math
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -174,6 +175,9 @@ class SD2AILRewardWrapper(
         push_batch: transitions per push.
         token: bearer token, used only when `reward` is an address (never recorded in the spec).
         timeout_s: client deadline, used only when `reward` is an address (client default if None).
+        score_steps: False skips the per-step reward call: `step()` returns 0.0 (and NaN in
+            `info["sd2ail_reward"]`) while still pushing the transitions. For agents that score
+            every sampled batch themselves (relabelling), to whom a step-time reward is waste.
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class SD2AILRewardWrapper(
         push_batch: int = 256,
         token: str | None = None,
         timeout_s: float | None = None,
+        score_steps: bool = True,
     ) -> None:
         # Recorded without deepcopy (a learner is big; a client owns a channel) and without the
         # token, so `env.spec` never carries a secret.
@@ -194,6 +199,7 @@ class SD2AILRewardWrapper(
             push=push,
             push_batch=push_batch,
             timeout_s=timeout_s,
+            score_steps=score_steps,
             _disable_deepcopy=True,
         )
         gym.Wrapper.__init__(self, env)
@@ -208,6 +214,7 @@ class SD2AILRewardWrapper(
             reward, push=push, push_batch=push_batch, token=token, timeout_s=timeout_s
         )
         self._obs_O: np.ndarray | None = None
+        self.score_steps = score_steps
 
     @property
     def reward_source(self) -> RewardSource:
@@ -242,9 +249,13 @@ class SD2AILRewardWrapper(
         next_obs, env_reward, terminated, truncated, info = self.env.step(action)
         obs_O, self._obs_O = self._obs_O, self._flat(next_obs)
         obs_1O, act_1A, next_1O = obs_O[None], act_A[None], self._obs_O[None]
-        reward = float(self._link.score(obs_1O, act_1A, next_1O)[0])
+        if self.score_steps:
+            reward = float(self._link.score(obs_1O, act_1A, next_1O)[0])
+            learned = reward
+        else:
+            reward, learned = 0.0, math.nan
         self._link.record(obs_1O, act_1A, next_1O, np.array([terminated], np.float32))
-        info = {**info, ENV_REWARD_KEY: float(env_reward), SD2AIL_REWARD_KEY: reward}
+        info = {**info, ENV_REWARD_KEY: float(env_reward), SD2AIL_REWARD_KEY: learned}
         return next_obs, reward, terminated, truncated, info
 
     def flush(self) -> None:

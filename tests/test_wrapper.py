@@ -424,3 +424,18 @@ def test_forked_workers_with_a_served_client_match_direct_client_calls(
         true = [plain[i].step(act[i])[1] for i in range(2)]
         np.testing.assert_allclose(env_reward, true, rtol=1e-6)
     client.close()
+
+
+def test_score_steps_off_pushes_without_reward_calls() -> None:
+    source = Recorder()
+    env = SD2AILRewardWrapper(ToyEnv(length=3), source, push_batch=100, score_steps=False)
+    env.reset()
+    done = False
+    while not done:
+        _, reward, terminated, truncated, info = env.step(np.array([0.5], np.float32))
+        assert reward == 0.0 and np.isnan(info["sd2ail_reward"]) and "env_reward" in info
+        done = terminated or truncated
+    env.close()
+    assert source.calls == []  # no per-step reward call
+    (pushed,) = source.pushes  # every transition still goes to the learner
+    assert pushed[0].shape[0] == 3
