@@ -6,11 +6,14 @@
 Part 1 (`batch`): rewards/s and p50/p99 latency per call for batch sizes 1, 32, 256, 4096, with
 one caller: `RewardLearner.reward` in this process and `RewardClient.reward` against
 `sd2ail-reward serve --no-train` in a subprocess (same preset, demos, seed, torch threads).
-Part 2 (`concurrency`): 1, 4 and 16 concurrent single-transition clients (threads of this
-process, one channel each, closed loop) against two servers, dynamic batching on and off.
+A `grpc-getinfo` row times GetInfo (no model, no tensors): the cost of any RPC.
+Part 2 (`concurrency`): 1, 4 and 16 concurrent single-transition clients (one process each,
+as single-env clients run; closed loop) against two servers, dynamic batching on and off;
+then (`concurrency-threads`) 16 clients as threads of this process, the earlier method.
 Each configuration's time (`--seconds`) is split into `--rounds` rounds that alternate between
 the compared modes, so a change of background load hits both sides alike. Rows for the server
-also report its model-evaluation time per evaluated batch (from GetStats).
+also report its model-evaluation time per evaluated batch (from GetStats), and every row the
+CPU time per call of the server process (all threads, /proc) and of the calling process(es).
 
 Floors (issue 4): gRPC at batch 256 >= 85% of the in-process rate; 16 clients with batching on
 >= 3x batching off; p99 at batch 1 with one client < 2 ms. The script prints each check.
