@@ -20,6 +20,8 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from sd2ail_reward.checkpoint import CheckpointError, CheckpointStore
 
@@ -55,8 +57,13 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> None:
         if expert is not None and expert not in experts:
             experts.add(expert)
             ax.axhline(expert, ls="--", color="k", lw=1, label=f"expert ({expert:.0f})")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("true evaluation return")
+    save_figure(fig, ax, out, "env steps", "true evaluation return")
+
+
+def save_figure(fig: Figure, ax: Axes, out: Path, xlabel: str, ylabel: str) -> None:
+    """Label, add the legend, write `out` and free the figure (shared by both plots)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -98,12 +105,7 @@ def plot_pca(run_dir: Path, out: Path, max_points: int = 3000, seed: int = 0) ->
     e = (expert - mean) @ basis
     ax.scatter(p[:, 0], p[:, 1], s=3, alpha=0.3, label=f"pseudo-expert ({len(p)})")
     ax.scatter(e[:, 0], e[:, 1], s=3, alpha=0.6, label=f"expert ({len(e)})")
-    ax.set_xlabel("PC 1 (expert)")
-    ax.set_ylabel("PC 2 (expert)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, out, "PC 1 (expert)", "PC 2 (expert)")
     return True
 
 
