@@ -39,14 +39,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import gymnasium as gym
 import numpy as np
 import torch
 from tianshou.algorithm import SAC
-from tianshou.algorithm.modelfree.sac import AutoAlpha, SACPolicy
+from tianshou.algorithm.modelfree.sac import AutoAlpha, SACPolicy, SACTrainingStats
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import Collector, CollectStats, ReplayBuffer
 from tianshou.env import DummyVectorEnv
@@ -460,6 +460,44 @@ def train(args: TrainArgs) -> dict[str, float]:
             server.stop()
 
 
+def record_evaluation(
+    run_dir: Path,
+    writer: Any,
+    state: TrainState,
+    returns: np.ndarray,
+    learner_stats: dict[str, float],
+    sac_stats: SACTrainingStats | None,
+    buffer: ReplayBuffer,
+    client: RewardClient,
+    elapsed: float,
+) -> None:
+    """One metrics.csv row and its TensorBoard scalars, plus SAC's own state (entropy weight
+    and losses), which tells a stalled policy apart from a stalled discriminator."""
+    row = {
+        "env_step": state.env_step,
+        "eval_return_mean": float(returns.mean()),
+        "eval_return_std": float(returns.std()),
+        "wall_time": round(elapsed, 1),
+        "steps_per_s": round(state.env_step / max(elapsed, 1e-9), 2),
+        "reward_env_corr": reward_correlation(buffer, client),
+        "d_expert": learner_stats.get("d_reward/expert", float("nan")),
+        "d_agent": learner_stats.get("d_reward/agent", float("nan")),
+        "pseudo_threshold": learner_stats.get("pseudo/threshold", float("nan")),
+        "pseudo_acceptance": learner_stats.get("pseudo/acceptance_total", float("nan")),
+        "pseudo_frechet": learner_stats.get("pseudo/frechet_to_expert", float("nan")),
+        "disc_updates": learner_stats.get("updates", float("nan")),
+    }
+    append_metrics(run_dir / "metrics.csv", row, METRICS)
+    for key, value in row.items():
+        if key != "env_step":
+            writer.add_scalar(f"train/{key}", value, state.env_step)
+    if sac_stats is not None:
+        for key in ("alpha", "actor_loss", "critic1_loss"):
+            value = getattr(sac_stats, key)
+            if value is not None:
+                writer.add_scalar(f"sac/{key}", float(value), state.env_step)
+
+
 def train_sac(
     args: TrainArgs, run_dir: Path, client: RewardClient, expert: float
 ) -> dict[str, float]:
@@ -499,6 +537,7 @@ def train_sac(
     stop = StopRequest()
     progress = Progress(args, state.env_step)
     last_eval, stats = float("nan"), {}
+    sac_stats: SACTrainingStats | None = None
     session_start, wall_before = time.time(), state.wall_time
     try:
         while state.env_step < args.steps and not stop.requested:
@@ -513,7 +552,10 @@ def train_sac(
                     wait_for_discriminator(client)
                 with policy_within_training_step(algorithm.policy):
                     for _ in range(n):
-                        algorithm.update(buffer=buffer, sample_size=args.batch_size)
+                        sac_stats = cast(
+                            SACTrainingStats,
+                            algorithm.update(buffer=buffer, sample_size=args.batch_size),
+                        )
                 state.n_updates += n
                 if push and args.overlap:
                     wait_for_discriminator(client)
@@ -523,24 +565,9 @@ def train_sac(
                 returns = evaluate(test_collector, test_envs, 10_000 + state.env_step)
                 last_eval = float(returns.mean())
                 stats = client.stats()["learner"]
-                row = {
-                    "env_step": state.env_step,
-                    "eval_return_mean": last_eval,
-                    "eval_return_std": float(returns.std()),
-                    "wall_time": round(elapsed, 1),
-                    "steps_per_s": round(state.env_step / max(elapsed, 1e-9), 2),
-                    "reward_env_corr": reward_correlation(buffer, client),
-                    "d_expert": stats.get("d_reward/expert", float("nan")),
-                    "d_agent": stats.get("d_reward/agent", float("nan")),
-                    "pseudo_threshold": stats.get("pseudo/threshold", float("nan")),
-                    "pseudo_acceptance": stats.get("pseudo/acceptance_total", float("nan")),
-                    "pseudo_frechet": stats.get("pseudo/frechet_to_expert", float("nan")),
-                    "disc_updates": stats.get("updates", float("nan")),
-                }
-                append_metrics(run_dir / "metrics.csv", row, METRICS)
-                for key, value in row.items():
-                    if key != "env_step":
-                        writer.add_scalar(f"train/{key}", value, state.env_step)
+                record_evaluation(
+                    run_dir, writer, state, returns, stats, sac_stats, buffer, client, elapsed
+                )
                 if state.best_return is None or last_eval > state.best_return:
                     state.best_return, state.best_step = last_eval, state.env_step
                     torch.save(algorithm.policy.actor.state_dict(), run_dir / "best_actor.pt")

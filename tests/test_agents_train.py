@@ -44,6 +44,20 @@ def buffer_obs(run_dir: Path) -> np.ndarray:
         return np.asarray(npz[key])
 
 
+def tensorboard_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]
+        EventAccumulator,
+    )
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(tb_dir.glob("events*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return scalars
+
+
 @pytest.mark.slow
 def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -56,6 +70,11 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert float(rows[-1]["disc_updates"]) > 0
     assert (run_dir / "learning_curve.png").stat().st_size > 0
     assert any((run_dir / "tb").iterdir())
+    scalars = tensorboard_scalars(run_dir / "tb")
+    # logged at every evaluation once SAC has updated (the first one falls in the warm-up)
+    assert [step for step, _ in scalars["sac/alpha"]] == [600]
+    assert all(0 < alpha < 10 for _, alpha in scalars["sac/alpha"])
+    assert all(np.isfinite(loss) for _, loss in scalars["sac/critic1_loss"])
     obs_before = buffer_obs(run_dir)
 
     out = run_train("--run-dir", str(run_dir), "--resume", "--steps", "900", "--no-progress")
