@@ -120,6 +120,7 @@ class TrainArgs:
     gamma: float = 0.99
     tau: float = 0.005
     alpha: float = 0.2
+    target_entropy: float | None = None
     fixed_length: bool = True
     bc_epochs: int = 200
     server_args: tuple[str, ...] = ()
@@ -185,6 +186,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     a("--gamma", type=float, default=d.gamma, help="discount")
     a("--tau", type=float, default=d.tau, help="target network Polyak coefficient")
     a("--alpha", type=float, default=d.alpha, help="initial entropy coefficient (auto-tuned)")
+    a(
+        "--target-entropy",
+        type=float,
+        default=d.target_entropy,
+        help="entropy target of the alpha tuning (default -|A|/2, the reference's)",
+    )
     a(
         "--no-fixed-length",
         dest="fixed_length",
@@ -318,6 +325,9 @@ def make_sac(
 ) -> SAC:
     """SAC of the reference: lr 3e-4, Adam beta1 0.25, auto alpha with target -|A|/2."""
     s, a = obs_space.shape, act_space.shape
+    target_entropy = args.target_entropy
+    if target_entropy is None:
+        target_entropy = -float(np.prod(a)) / 2
 
     def opt() -> AdamOptimizerFactory:
         return AdamOptimizerFactory(lr=args.lr, betas=(args.adam_beta1, 0.999))
@@ -332,7 +342,7 @@ def make_sac(
         tau=args.tau,
         gamma=args.gamma,
         alpha=AutoAlpha(
-            target_entropy=-float(np.prod(a)) / 2, log_alpha=float(np.log(args.alpha)), optim=opt()
+            target_entropy=target_entropy, log_alpha=float(np.log(args.alpha)), optim=opt()
         ),
     )
     if reward_fn is None:

@@ -160,3 +160,24 @@ def test_agent_keeps_waiting_while_the_discriminator_catches_up() -> None:
     stalled = _SlowServer(misses=5, progress=False)
     with pytest.raises(RuntimeError, match="no training progress"):
         wait_for_discriminator(stalled, round_s=0.01)  # type: ignore[arg-type]
+
+
+def test_sac_entropy_target_defaults_to_the_references_and_follows_the_flag() -> None:
+    import argparse
+
+    import gymnasium as gym
+
+    from agents.sac import add_train_args, args_from_namespace, make_sac
+
+    def target_entropy(*flags: str) -> float:
+        parser = argparse.ArgumentParser()
+        add_train_args(parser)
+        args = args_from_namespace(parser.parse_args(list(flags)))
+        env = gym.make("Hopper-v5")
+        assert isinstance(env.observation_space, gym.spaces.Box)
+        assert isinstance(env.action_space, gym.spaces.Box)
+        sac = make_sac(args, env.observation_space, env.action_space, None)
+        return float(vars(sac.alpha)["_target_entropy"])  # AutoAlpha keeps it private
+
+    assert target_entropy() == -1.5  # -|A| / 2 for Hopper's 3-d action (ALGORITHM.md 2.3)
+    assert target_entropy("--target-entropy", "-3") == -3.0
