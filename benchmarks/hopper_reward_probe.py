@@ -72,18 +72,12 @@ def main() -> None:
     ns = parser.parse_args()
 
     import torch
+    from hopper_sac_episodes import load_frozen_learner  # the same loading, one place
 
     from agents.expert import deterministic_policy_fn, policy_from_spec
-    from sd2ail_reward.checkpoint import CheckpointStore
-    from sd2ail_reward.demos import read_demos
-    from sd2ail_reward.learner import RewardLearner
 
     torch.set_num_threads(1)
-    ckpt = CheckpointStore(ns.run_dir / "server").load_latest()
-    demo_meta = ckpt.meta["demos"]
-    demos = read_demos(REPO / demo_meta["path"], episodes=demo_meta["selected_episodes"])
-    learner = RewardLearner(RewardLearner.config_from_state(ckpt.state), demos, seed=0)
-    learner.load_state_dict(ckpt.state)
+    learner = load_frozen_learner(str(ns.run_dir / "server"))
     spec = json.loads((REPO / "demos" / "Hopper-v5.expert.json").read_text())
     expert = deterministic_policy_fn(
         policy_from_spec(spec, torch.load(REPO / "demos" / "Hopper-v5.expert.pt"))
@@ -110,7 +104,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {path} (discriminator: {ckpt.path}, {learner.n_updates} updates)")
+    print(f"wrote {path} (discriminator of {ns.run_dir}, {learner.n_updates} updates)")
 
 
 if __name__ == "__main__":

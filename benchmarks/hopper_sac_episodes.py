@@ -100,6 +100,7 @@ def run_arm(arm: str, reward: str, checkpoint: str | None, steps: int, seed: int
 
 
 def load_frozen_learner(checkpoint: str | None) -> Any:
+    """The latest server checkpoint's learner, on the demo episodes it was trained on."""
     from sd2ail_reward.checkpoint import CheckpointStore
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
