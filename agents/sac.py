@@ -90,8 +90,33 @@ METRICS = (
 
 
 @dataclass(frozen=True)
+class SacRecipe:
+    """A coherent set of SAC settings; each flag given explicitly overrides its field."""
+
+    lr: float
+    adam_beta1: float
+    alpha: float
+    entropy_per_action_dim: float
+    """Target entropy of the alpha tuning = this x |A| (unless --target-entropy is given)."""
+    fixed_length: bool
+
+
+SAC_RECIPES: dict[str, SacRecipe] = {
+    # the SD2AIL reference's (ALGORITHM.md sec. 2.3): fixed-length MuJoCo training episodes
+    "reference": SacRecipe(
+        lr=3e-4, adam_beta1=0.25, alpha=0.2, entropy_per_action_dim=-0.5, fixed_length=True
+    ),
+    # the settings that trained our own experts (agents/expert.py), episodes that terminate
+    "expert": SacRecipe(
+        lr=1e-3, adam_beta1=0.9, alpha=1.0, entropy_per_action_dim=-1.0, fixed_length=False
+    ),
+}
+DEFAULT_RECIPE = "reference"
+
+
+@dataclass(frozen=True)
 class TrainArgs:
-    """Flags of `sd2ail-reward train` (SAC defaults: ALGORITHM.md sec. 2.3)."""
+    """Flags of `sd2ail-reward train` (SAC recipes: `SAC_RECIPES`)."""
 
     env: str = "Hopper-v5"
     demos: str = "demos/Hopper-v5.zarr"
@@ -115,13 +140,14 @@ class TrainArgs:
     batch_size: int = 256
     buffer_size: int = 1_000_000
     hidden_sizes: tuple[int, ...] = (256, 256)
-    lr: float = 3e-4
-    adam_beta1: float = 0.25
+    sac_recipe: str = DEFAULT_RECIPE
+    lr: float = SAC_RECIPES[DEFAULT_RECIPE].lr
+    adam_beta1: float = SAC_RECIPES[DEFAULT_RECIPE].adam_beta1
     gamma: float = 0.99
     tau: float = 0.005
-    alpha: float = 0.2
+    alpha: float = SAC_RECIPES[DEFAULT_RECIPE].alpha
     target_entropy: float | None = None
-    fixed_length: bool = True
+    fixed_length: bool = SAC_RECIPES[DEFAULT_RECIPE].fixed_length
     bc_epochs: int = 200
     server_args: tuple[str, ...] = ()
     progress: bool = True
@@ -181,23 +207,32 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     a("--batch-size", type=int, default=d.batch_size, help="SAC minibatch")
     a("--buffer-size", type=int, default=d.buffer_size, help="replay buffer capacity")
     a("--hidden-sizes", type=int, nargs="+", default=list(d.hidden_sizes), help="SAC MLP sizes")
-    a("--lr", type=float, default=d.lr, help="Adam lr of actor, critics and alpha")
-    a("--adam-beta1", type=float, default=d.adam_beta1, help="Adam beta1 (reference: 0.25)")
+    a(
+        "--sac-recipe",
+        choices=sorted(SAC_RECIPES),
+        default=d.sac_recipe,
+        help="SAC settings: 'reference' (the SD2AIL code's: lr 3e-4, Adam beta1 0.25, alpha "
+        "0.2, target entropy -|A|/2, fixed-length MuJoCo training episodes) or 'expert' (our "
+        "experts': lr 1e-3, beta1 0.9, alpha 1.0, target -|A|, terminating episodes); the "
+        "flags below override single fields (default: %(default)s)",
+    )
+    a("--lr", type=float, help="Adam lr of actor, critics and alpha (default: the recipe's)")
+    a("--adam-beta1", type=float, help="Adam beta1 (default: the recipe's)")
     a("--gamma", type=float, default=d.gamma, help="discount")
     a("--tau", type=float, default=d.tau, help="target network Polyak coefficient")
-    a("--alpha", type=float, default=d.alpha, help="initial entropy coefficient (auto-tuned)")
+    a("--alpha", type=float, help="initial entropy coefficient, auto-tuned (default: recipe's)")
     a(
         "--target-entropy",
         type=float,
         default=d.target_entropy,
-        help="entropy target of the alpha tuning (default -|A|/2, the reference's)",
+        help="entropy target of the alpha tuning (default: the recipe's multiple of -|A|)",
     )
     a(
-        "--no-fixed-length",
-        dest="fixed_length",
-        action="store_false",
-        help="let training episodes terminate (default: MuJoCo training episodes run the full "
-        "horizon, terminate_when_unhealthy=False, as the reference's no_terminal)",
+        "--fixed-length",
+        action=argparse.BooleanOptionalAction,
+        help="MuJoCo training episodes run the full horizon (terminate_when_unhealthy=False, "
+        "the reference's no_terminal) or end when the robot falls; evaluation episodes always "
+        "end (default: the recipe's)",
     )
     a("--bc-epochs", type=int, default=d.bc_epochs, help="epochs of --algo bc")
     a(
@@ -212,6 +247,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
     values = {f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)}
+    recipe = asdict(SAC_RECIPES[values.get("sac_recipe") or DEFAULT_RECIPE])
+    for key in ("lr", "adam_beta1", "alpha", "fixed_length"):
+        if values.get(key) is None:
+            values[key] = recipe[key]
     for key in ("hidden_sizes", "demo_episodes", "server_args"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
@@ -323,11 +362,12 @@ def make_sac(
     act_space: gym.spaces.Box,
     reward_fn: Callable[..., np.ndarray] | None,
 ) -> SAC:
-    """SAC of the reference: lr 3e-4, Adam beta1 0.25, auto alpha with target -|A|/2."""
+    """SAC with one Adam setting for actor, critics and alpha, as the reference has."""
     s, a = obs_space.shape, act_space.shape
     target_entropy = args.target_entropy
     if target_entropy is None:
-        target_entropy = -float(np.prod(a)) / 2
+        per_dim = SAC_RECIPES[args.sac_recipe].entropy_per_action_dim
+        target_entropy = per_dim * float(np.prod(a))
 
     def opt() -> AdamOptimizerFactory:
         return AdamOptimizerFactory(lr=args.lr, betas=(args.adam_beta1, 0.999))
@@ -440,6 +480,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     if args.resume:
         saved = json.loads((run_dir / "config.json").read_text())
         saved.update(steps=args.steps, resume=True, progress=args.progress)
+        saved.setdefault("sac_recipe", "reference")  # runs from before recipes existed
         for key in ("hidden_sizes", "demo_episodes", "server_args"):
             if saved.get(key) is not None:
                 saved[key] = tuple(saved[key])

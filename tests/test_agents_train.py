@@ -179,5 +179,39 @@ def test_sac_entropy_target_defaults_to_the_references_and_follows_the_flag() ->
         sac = make_sac(args, env.observation_space, env.action_space, None)
         return float(vars(sac.alpha)["_target_entropy"])  # AutoAlpha keeps it private
 
-    assert target_entropy() == -1.5  # -|A| / 2 for Hopper's 3-d action (ALGORITHM.md 2.3)
-    assert target_entropy("--target-entropy", "-3") == -3.0
+    assert target_entropy("--sac-recipe", "reference") == -1.5  # -|A|/2 (ALGORITHM.md 2.3)
+    assert target_entropy("--sac-recipe", "reference", "--target-entropy", "-3") == -3.0
+    assert target_entropy("--sac-recipe", "expert") == -3.0  # -|A|, as agents/expert.py
+    assert target_entropy("--sac-recipe", "expert", "--target-entropy", "-2") == -2.0
+
+
+def test_sac_recipe_sets_every_field_and_single_flags_override_it() -> None:
+    import argparse
+
+    from agents.sac import DEFAULT_RECIPE, SAC_RECIPES, TrainArgs, add_train_args
+    from agents.sac import args_from_namespace as from_ns
+
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+
+    def parse(*flags: str) -> TrainArgs:
+        return from_ns(parser.parse_args(list(flags)))
+
+    reference = parse("--sac-recipe", "reference")
+    assert (reference.lr, reference.adam_beta1, reference.alpha) == (3e-4, 0.25, 0.2)
+    assert reference.fixed_length
+    expert = parse("--sac-recipe", "expert")
+    assert (expert.lr, expert.adam_beta1, expert.alpha) == (1e-3, 0.9, 1.0)
+    assert not expert.fixed_length
+    mixed = parse("--sac-recipe", "expert", "--lr", "5e-4", "--fixed-length")
+    assert (mixed.lr, mixed.adam_beta1, mixed.fixed_length) == (5e-4, 0.9, True)
+    assert not parse("--sac-recipe", "reference", "--no-fixed-length").fixed_length
+    # the dataclass's own defaults are the default recipe's, so TrainArgs() agrees with the CLI
+    default, recipe = TrainArgs(), SAC_RECIPES[DEFAULT_RECIPE]
+    assert parse() == default
+    assert (default.lr, default.adam_beta1, default.alpha) == (
+        recipe.lr,
+        recipe.adam_beta1,
+        recipe.alpha,
+    )
+    assert default.fixed_length == recipe.fixed_length
