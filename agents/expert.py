@@ -443,6 +443,8 @@ class TrainState:
     best_step: int = 0
     update_debt: float = 0.0
     """Fractional gradient updates owed (for --updates-per-step that is not an integer)."""
+    server_generation: str = ""
+    """The reward server's checkpoint written with this one (`train`), so a resume pairs them."""
 
 
 def _flatten_batch(batch: Batch, prefix: str, n: int, out: dict[str, np.ndarray]) -> None:

@@ -263,7 +263,7 @@ def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
 class LocalServer:
     """A reward server subprocess on 127.0.0.1 with a generated write token."""
 
-    def __init__(self, args: TrainArgs, run_dir: Path) -> None:
+    def __init__(self, args: TrainArgs, run_dir: Path, resume_from: str = "") -> None:
         token_file = run_dir / "token"
         if not token_file.exists():
             token_file.write_text(f"write {secrets.token_hex(24)}\n")
@@ -286,7 +286,11 @@ class LocalServer:
             str(token_file),
             "--checkpoint-dir",
             str(run_dir / "server"),
-            "--resume",
+            # checkpoints only when train asks (with its own) and at shutdown, so that the
+            # generation a resume pairs with is never pruned by periodic ones
+            "--checkpoint-every",
+            "0",
+            *(["--resume-from", resume_from] if resume_from else ["--resume"]),
             "--min-agent-size",
             str(max(args.start_steps, 256)),
         ]
@@ -498,7 +502,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     if args.algo == "bc":
         return train_bc(args, demos, expert)
 
-    server = None if args.server else LocalServer(args, run_dir)
+    server = None if args.server else LocalServer(args, run_dir, paired_server_generation(args))
     address = args.server or (server.address if server else "")
     token = args.token if args.server else (server.token if server else None)
     client = RewardClient(address, token=token, timeout_s=60.0)
@@ -509,6 +513,18 @@ def train(args: TrainArgs) -> dict[str, float]:
         client.close()
         if server is not None:
             server.stop()
+
+
+def paired_server_generation(args: TrainArgs) -> str:
+    """The server checkpoint saved with the SAC checkpoint a resume will load ("" if none):
+    resuming the server from its own newest one instead could put the discriminator ahead of
+    the policy and replay buffer (a killed run, or a server that outlived its trainer)."""
+    if not args.resume:
+        return ""
+    checkpoint = find_checkpoint(args.run_path)
+    if checkpoint is None:
+        return ""
+    return str(json.loads((checkpoint / "state.json").read_text()).get("server_generation", ""))
 
 
 def record_evaluation(
@@ -623,7 +639,7 @@ def train_sac(
                     state.best_return, state.best_step = last_eval, state.env_step
                     torch.save(algorithm.policy.actor.state_dict(), run_dir / "best_actor.pt")
                 write_learning_curve(run_dir, expert, f"{args.algo} on {args.env}")
-                client.checkpoint()
+                state.server_generation = client.checkpoint()["generation"]
                 save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
                 if args.target_return is not None and last_eval >= args.target_return:
                     log.info(
@@ -646,7 +662,7 @@ def train_sac(
         progress.close()
         writer.close()
     if stop.requested:
-        client.checkpoint()
+        state.server_generation = client.checkpoint()["generation"]
         save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
     return summarize(run_dir, expert, state)
 

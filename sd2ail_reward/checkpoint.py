@@ -260,6 +260,18 @@ class CheckpointStore:
             raise CheckpointError(f"no checkpoint generations in {self.root}")
         raise CheckpointError(f"no loadable checkpoint in {self.root}; tried: " + "; ".join(tried))
 
+    def load(self, name: str, map_location: str | torch.device = "cpu") -> Checkpoint:
+        """Load the generation called `name`, with no fallback: a caller that names one
+        (a trainer pairing its own checkpoint with the server's) wants that state or an error.
+        """
+        path = self.root / name
+        if Path(name).name != name or _gen_key(path) is None or not path.is_dir():
+            have = ", ".join(g.name for g in self.generations()) or "none"
+            raise CheckpointError(
+                f"no checkpoint generation {name!r} in {self.root} (have: {have})"
+            )
+        return self._load(path, map_location)
+
     def _load(self, path: Path, map_location: str | torch.device) -> Checkpoint:
         manifest = self._manifest(path)
         blobs: dict[str, bytes] = {}

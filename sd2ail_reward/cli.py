@@ -248,6 +248,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "configuration wins over the learner flags; fresh start if there is none)",
     )
     t.add_argument(
+        "--resume-from",
+        metavar="GENERATION",
+        help="continue from exactly this generation of --checkpoint-dir (e.g. gen-000017000), "
+        "failing if it cannot load; `train --resume` uses it to pair the server's state with "
+        "its own checkpoint",
+    )
+    t.add_argument(
         "--log-every",
         type=float,
         default=10.0,
@@ -293,6 +300,7 @@ def run_serve(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints,
             resume=args.resume,
+            resume_generation=args.resume_from,
             push_quota=args.push_quota,
             log_every_s=args.log_every,
             grace_s=args.grace,

@@ -152,6 +152,8 @@ class ServeOptions:
     """Generations kept in checkpoint_dir."""
     resume: bool = False
     """Continue from the latest good checkpoint in checkpoint_dir (fresh if there is none)."""
+    resume_generation: str | None = None
+    """Continue from exactly this generation of checkpoint_dir (an error if it cannot load)."""
     push_quota: float = 0.0
     """Rows per second one client_id may push, averaged over `push_quota_window_s` (0 = off)."""
     push_quota_window_s: float = 10.0
@@ -840,8 +842,8 @@ class RewardServer:
                 f"refusing plaintext on non-loopback address {o.host!r}: tokens would travel "
                 "unencrypted; give --tls-cert/--tls-key (or --allow-insecure-remote)"
             )
-        if o.resume and o.checkpoint_dir is None:
-            raise ValueError("--resume needs --checkpoint-dir")
+        if (o.resume or o.resume_generation) and o.checkpoint_dir is None:
+            raise ValueError("--resume and --resume-from need --checkpoint-dir")
         for name in ("max_batch_rows", "max_queue_size", "max_request_rows", "workers"):
             if getattr(o, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(o, name)}")
@@ -961,7 +963,10 @@ class RewardServer:
     def _build_learner(self) -> tuple[RewardLearner, dict[str, Any]]:
         source, store = self._source, self._store
         ckpt = None
-        if self.options.resume and store is not None:
+        if self.options.resume_generation and store is not None:
+            ckpt = store.load(self.options.resume_generation)
+            logger.info("resuming from checkpoint %s (step %d)", ckpt.path, ckpt.step)
+        elif self.options.resume and store is not None:
             if store.generations():
                 ckpt = store.load_latest()
                 logger.info("resuming from checkpoint %s (step %d)", ckpt.path, ckpt.step)

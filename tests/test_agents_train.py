@@ -4,6 +4,7 @@ wrapper and Tianshou SAC, then `--resume` of the same run; and the committed dem
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,9 +77,22 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert all(0 < alpha < 10 for _, alpha in scalars["sac/alpha"])
     assert all(np.isfinite(loss) for _, loss in scalars["sac/critic1_loss"])
     obs_before = buffer_obs(run_dir)
+    # the server checkpoint written with SAC's is the one a resume loads, even when the
+    # server's LATEST says otherwise (here: an older generation, as a stale pointer would be)
+    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    paired = json.loads((run_dir / "checkpoints" / latest / "state.json").read_text())
+    paired_gen = paired["server_generation"]
+    server_gens = sorted(p.name for p in (run_dir / "server").glob("gen-*"))
+    assert paired_gen in server_gens and server_gens[0] != paired_gen
+    (run_dir / "server" / "LATEST").write_text(server_gens[0] + "\n")
 
     out = run_train("--run-dir", str(run_dir), "--resume", "--steps", "900", "--no-progress")
     assert "resumed from" in out and "at env step 600" in out
+    assert f"--resume-from {paired_gen}" in out
+    assert (
+        f"resuming from checkpoint {run_dir / 'server' / paired_gen} "
+        in (run_dir / "server.log").read_text()
+    )
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["env_step"]) for r in rows] == [300, 600, 900]
     obs_after = buffer_obs(run_dir)

@@ -132,6 +132,19 @@ def test_latest_pointing_nowhere_falls_back(tmp_path: Path) -> None:
     assert store.load_latest().step == 2
 
 
+def test_a_named_generation_loads_exactly_it_or_fails(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ckpt")
+    first = store.save(make_state(1), step=10)
+    store.save(make_state(2), step=20)
+    assert_same(store.load(first.name).state, make_state(1))  # not LATEST's
+    for name in ("gen-000000030", "../ckpt/gen-000000010", "LATEST"):
+        with pytest.raises(CheckpointError, match="no checkpoint generation"):
+            store.load(name)
+    (first / "state.pt").write_bytes(b"corrupt")
+    with pytest.raises(CheckpointError):  # no quiet fallback to another generation
+        store.load(first.name)
+
+
 def test_nothing_loadable_raises(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="no checkpoint generations"):
