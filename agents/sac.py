@@ -77,6 +77,7 @@ METRICS = (
     "env_step",
     "eval_return_mean",
     "eval_return_std",
+    "eval_x_travelled",
     "wall_time",
     "steps_per_s",
     "reward_env_corr",
@@ -405,6 +406,50 @@ def training_env_kwargs(args: TrainArgs) -> dict[str, Any]:
     return {}
 
 
+class DistanceTracker(gym.Wrapper[Any, Any, Any, Any]):
+    """Records how far each finished episode moved along x, from the `x_position` that MuJoCo
+    locomotion envs report in info (NaN for envs that do not). The true return alone cannot
+    tell a Hopper that hops from one that stands still for 1000 steps collecting the healthy
+    bonus (~1000): a positive learned reward on episodes that end on a fall breeds the latter.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        super().__init__(env)
+        self.start_x = self.last_x = float("nan")
+        self.finished: list[float] = []
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self.start_x = self.last_x = float(info.get("x_position", float("nan")))
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.last_x = float(info.get("x_position", float("nan")))
+        if terminated or truncated:
+            self.finished.append(self.last_x - self.start_x)
+        return obs, reward, terminated, truncated, info
+
+
+def make_eval_envs(args: TrainArgs) -> tuple[DummyVectorEnv, list[DistanceTracker]]:
+    """Unwrapped (true-reward) evaluation envs, with a handle on each one's distance tracker
+    (DummyVectorEnv keeps the very env objects its factories return)."""
+    trackers = [DistanceTracker(gym.make(args.env)) for _ in range(args.eval_episodes)]
+
+    def factory(env: gym.Env[Any, Any]) -> Callable[[], gym.Env[Any, Any]]:
+        return lambda: env
+
+    return DummyVectorEnv([factory(t) for t in trackers]), trackers
+
+
+def mean_travelled(trackers: Sequence[DistanceTracker]) -> float:
+    """Mean x distance of the episodes finished since the last call (NaN if none has x)."""
+    distances = [d for t in trackers for d in t.finished]
+    for tracker in trackers:
+        tracker.finished.clear()
+    return float(np.mean(distances)) if distances else float("nan")
+
+
 def expert_return(demos: DemoSet) -> float:
     """Mean return of the expert episodes in use (the reference line of the plots)."""
     return float(np.mean(demos.episode_returns))
@@ -531,7 +576,7 @@ def record_evaluation(
     run_dir: Path,
     writer: Any,
     state: TrainState,
-    returns: np.ndarray,
+    evaluation: tuple[np.ndarray, float],
     learner_stats: dict[str, float],
     sac_stats: SACTrainingStats | None,
     buffer: ReplayBuffer,
@@ -539,11 +584,14 @@ def record_evaluation(
     elapsed: float,
 ) -> None:
     """One metrics.csv row and its TensorBoard scalars, plus SAC's own state (entropy weight
-    and losses), which tells a stalled policy apart from a stalled discriminator."""
+    and losses), which tells a stalled policy apart from a stalled discriminator.
+    `evaluation` is the episodes' true returns and their mean x distance travelled."""
+    returns, x_travelled = evaluation
     row = {
         "env_step": state.env_step,
         "eval_return_mean": float(returns.mean()),
         "eval_return_std": float(returns.std()),
+        "eval_x_travelled": x_travelled,
         "wall_time": round(elapsed, 1),
         "steps_per_s": round(state.env_step / max(elapsed, 1e-9), 2),
         "reward_env_corr": reward_correlation(buffer, client),
@@ -585,7 +633,7 @@ def train_sac(
         )
 
     train_envs = DummyVectorEnv([make_train_env])
-    test_envs = DummyVectorEnv([lambda: gym.make(args.env) for _ in range(args.eval_episodes)])
+    test_envs, trackers = make_eval_envs(args)
     train_envs.seed(args.seed)
     algorithm = make_sac(args, obs_space, act_space, client.reward if args.relabel else None)
     buffer = ReplayBuffer(args.buffer_size)
@@ -633,8 +681,9 @@ def train_sac(
                 last_eval = float(returns.mean())
                 stats = client.stats()["learner"]
                 record_evaluation(
-                    run_dir, writer, state, returns, stats, sac_stats, buffer, client, elapsed
-                )
+                    run_dir, writer, state, (returns, mean_travelled(trackers)), stats,
+                    sac_stats, buffer, client, elapsed,
+                )  # fmt: skip
                 if state.best_return is None or last_eval > state.best_return:
                     state.best_return, state.best_step = last_eval, state.env_step
                     torch.save(algorithm.policy.actor.state_dict(), run_dir / "best_actor.pt")

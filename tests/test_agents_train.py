@@ -69,6 +69,7 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
         assert np.isfinite(float(row["eval_return_mean"]))
         assert 0 < float(row["d_expert"]) < 1 and 0 < float(row["d_agent"]) < 1
     assert float(rows[-1]["disc_updates"]) > 0
+    assert all(r["eval_x_travelled"] == "nan" for r in rows)  # Pendulum has no x_position
     assert (run_dir / "learning_curve.png").stat().st_size > 0
     assert any((run_dir / "tb").iterdir())
     scalars = tensorboard_scalars(run_dir / "tb")
@@ -229,3 +230,52 @@ def test_sac_recipe_sets_every_field_and_single_flags_override_it() -> None:
         recipe.alpha,
     )
     assert default.fixed_length == recipe.fixed_length
+
+
+def test_evaluation_measures_distance_travelled_so_standing_is_visible() -> None:
+    """A policy that stands still on Hopper scores ~1000 from the healthy bonus alone; the
+    evaluation's x distance tells it from one that moves (here: the committed expert)."""
+    import json
+
+    import torch
+
+    from agents.expert import deterministic_policy_fn, policy_from_spec
+    from agents.sac import TrainArgs, make_eval_envs, mean_travelled
+
+    spec = json.loads((REPO / "demos" / "Hopper-v5.expert.json").read_text())
+    expert = deterministic_policy_fn(
+        policy_from_spec(spec, torch.load(REPO / "demos" / "Hopper-v5.expert.pt"))
+    )
+    envs, trackers = make_eval_envs(TrainArgs(env="Hopper-v5", eval_episodes=2))
+
+    def run(policy: str, steps: int) -> float:
+        envs.seed([7, 8])
+        obs, _ = envs.reset()
+        done = np.zeros(len(trackers), dtype=bool)
+        for _ in range(steps):
+            ids = np.flatnonzero(~done)
+            if policy == "still":
+                act = np.zeros((ids.size, 3))
+            else:
+                act = np.stack([expert(o) for o in obs[ids]])
+            step_obs, _, term, trunc, _ = envs.step(act, ids)
+            obs[ids] = step_obs
+            done[ids] |= term | trunc
+            if done.all():
+                break
+        return mean_travelled(trackers)
+
+    assert np.isnan(run("expert", 300))  # no episode finished yet: nothing to report
+    for tracker in trackers:
+        tracker.finished.clear()
+    moved = run("expert", 1000)  # the time limit ends both episodes
+    assert moved > 10.0, moved  # the expert covers ~17 m per episode
+    assert all(not t.finished for t in trackers)  # read once, then forgotten
+    assert abs(run("still", 1000)) < 0.1  # zero torques: slumps where it stands
+    envs.close()
+    pendulum, pend_trackers = make_eval_envs(TrainArgs(env="Pendulum-v1", eval_episodes=1))
+    pendulum.reset()
+    for _ in range(200):
+        pendulum.step(np.zeros((1, 1)))
+    assert np.isnan(mean_travelled(pend_trackers))
+    pendulum.close()
