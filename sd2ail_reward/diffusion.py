@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from sd2ail_reward.mish import Mish
+
 
 class NoiseSchedule(nn.Module):
     """Linear-beta DDPM schedule (DiffAIL: `np.linspace(1e-4, 2e-2, T)`), kept as buffers."""
@@ -80,16 +82,16 @@ class Denoiser(nn.Module):
         self.time_mlp = nn.Sequential(
             SinusoidalPosEmb(time_embed_dim),
             nn.Linear(time_embed_dim, time_embed_dim * 2),
-            nn.Mish(),
+            Mish(),
             nn.Linear(time_embed_dim * 2, time_embed_dim),
         )
         self.body = nn.Sequential(
             nn.Linear(input_dim + time_embed_dim, hidden_dim),
-            nn.Mish(),
+            Mish(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.Mish(),
+            Mish(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.Mish(),
+            Mish(),
             nn.Linear(hidden_dim, input_dim),
         )
 

@@ -23,6 +23,7 @@ from sd2ail_reward.diffusion import (
     reset_parameters,
     sample,
 )
+from sd2ail_reward.mish import mish_
 
 _TINY = 1e-30  # floor of 1 - D_reward in float32: caps the reward at -log(1e-30) ~ 69
 
@@ -93,7 +94,7 @@ class RewardScorer:
         h = torch.mm(x_t, self.w_x_DH)
         h.view(batch, self.rows, -1).add_(self.h0_RH)
         for bias, weight_T in self.layers:
-            h = torch.addmm(bias, F.mish(h, inplace=True), weight_T)
+            h = torch.addmm(bias, mish_(h), weight_T)
         err = h.view(batch, self.rows, self.dim).sub_(self.eps_RD)
         return torch.nan_to_num_(err.mul_(err), nan=float("inf"), posinf=float("inf"))
 
