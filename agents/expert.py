@@ -261,12 +261,53 @@ def is_mujoco(env_id: str) -> bool:
     return "mujoco" in str(gym.spec(env_id).entry_point)
 
 
+ObsStats = tuple[np.ndarray, np.ndarray]
+"""(mean, std) of the observation dims, for networks that see normalised observations."""
+
+
+class InputScaledNet(Net):
+    """`Net` on (x - shift) / scale. With the demos' obs mean and std this is the reference's
+    `ScaledEnv` (`scale_env_with_demo_stats`) moved inside the network, so the envs, the
+    replay buffer and the reward server all keep raw observations; the statistics are buffers,
+    so a saved actor carries them. For a critic the input is [obs, act] and the action dims get
+    shift 0 and scale 1 (the reference does not normalise actions)."""
+
+    input_shift: torch.Tensor
+    input_scale: torch.Tensor
+
+    def __init__(self, *, shift: np.ndarray, scale: np.ndarray, **net_kwargs: Any) -> None:
+        super().__init__(**net_kwargs)
+        self.register_buffer("input_shift", torch.as_tensor(shift, dtype=torch.float32))
+        self.register_buffer("input_scale", torch.as_tensor(scale, dtype=torch.float32))
+
+    def forward(
+        self, obs: Any, state: Any = None, info: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        x = torch.as_tensor(obs, device=self.input_shift.device, dtype=torch.float32)
+        return super().forward((x - self.input_shift) / self.input_scale, state, info)
+
+
+def _scale_of(std: np.ndarray) -> np.ndarray:
+    """std + float32 eps, as the reference divides by."""
+    return np.asarray(std, dtype=np.float32) + np.finfo(np.float32).eps
+
+
 def make_actor(
-    obs_shape: Sequence[int], act_shape: Sequence[int], hidden_sizes: Sequence[int]
+    obs_shape: Sequence[int],
+    act_shape: Sequence[int],
+    hidden_sizes: Sequence[int],
+    obs_stats: ObsStats | None = None,
 ) -> ContinuousActorProbabilistic:
-    """Gaussian actor with state-dependent sigma; SACPolicy squashes its samples with tanh."""
+    """Gaussian actor with state-dependent sigma; SACPolicy squashes its samples with tanh.
+    With `obs_stats` it sees observations normalised by them."""
+    kwargs: dict[str, Any] = dict(state_shape=tuple(obs_shape), hidden_sizes=hidden_sizes)
+    net = (
+        Net(**kwargs)
+        if obs_stats is None
+        else InputScaledNet(shift=obs_stats[0], scale=_scale_of(obs_stats[1]), **kwargs)
+    )
     return ContinuousActorProbabilistic(
-        preprocess_net=Net(state_shape=tuple(obs_shape), hidden_sizes=hidden_sizes),
+        preprocess_net=net,
         action_shape=tuple(act_shape),
         unbounded=True,
         conditioned_sigma=True,
@@ -274,16 +315,23 @@ def make_actor(
 
 
 def make_critic(
-    obs_shape: Sequence[int], act_shape: Sequence[int], hidden_sizes: Sequence[int]
+    obs_shape: Sequence[int],
+    act_shape: Sequence[int],
+    hidden_sizes: Sequence[int],
+    obs_stats: ObsStats | None = None,
 ) -> ContinuousCritic:
-    return ContinuousCritic(
-        preprocess_net=Net(
-            state_shape=tuple(obs_shape),
-            action_shape=tuple(act_shape),
-            hidden_sizes=hidden_sizes,
-            concat=True,
-        )
+    kwargs: dict[str, Any] = dict(
+        state_shape=tuple(obs_shape),
+        action_shape=tuple(act_shape),
+        hidden_sizes=hidden_sizes,
+        concat=True,
     )
+    if obs_stats is None:
+        return ContinuousCritic(preprocess_net=Net(**kwargs))
+    n_act = int(np.prod(act_shape))
+    shift = np.concatenate([obs_stats[0], np.zeros(n_act)])
+    scale = np.concatenate([_scale_of(obs_stats[1]), np.ones(n_act, dtype=np.float32)])
+    return ContinuousCritic(preprocess_net=InputScaledNet(shift=shift, scale=scale, **kwargs))
 
 
 def make_policy(actor: torch.nn.Module, action_space: gym.spaces.Box) -> SACPolicy:
@@ -330,7 +378,13 @@ def actor_spec(
 
 
 def policy_from_spec(spec: dict[str, Any], actor_state: dict[str, torch.Tensor]) -> SACPolicy:
-    actor = make_actor(spec["obs_shape"], spec["action_shape"], spec["hidden_sizes"])
+    """The policy of a saved actor; an actor trained on normalised observations carries its
+    statistics as buffers (`InputScaledNet`), so the state dict alone tells which it is."""
+    obs_stats = None
+    if "preprocess.input_shift" in actor_state:
+        obs_dim = int(np.prod(spec["obs_shape"]))
+        obs_stats = (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
+    actor = make_actor(spec["obs_shape"], spec["action_shape"], spec["hidden_sizes"], obs_stats)
     actor.load_state_dict(actor_state)
     action_space = gym.spaces.Box(
         low=np.asarray(spec["action_low"], dtype=np.float32),

@@ -53,6 +53,7 @@ from tianshou.env import DummyVectorEnv
 from tianshou.utils.torch_utils import policy_within_training_step
 
 from agents.expert import (
+    ObsStats,
     StopRequest,
     TrainState,
     append_metrics,
@@ -100,16 +101,28 @@ class SacRecipe:
     entropy_per_action_dim: float
     """Target entropy of the alpha tuning = this x |A| (unless --target-entropy is given)."""
     fixed_length: bool
+    normalize_obs_envs: tuple[str, ...]
+    """Env families whose SAC sees observations normalised with the demos' mean and std."""
 
 
 SAC_RECIPES: dict[str, SacRecipe] = {
     # the SD2AIL reference's (ALGORITHM.md sec. 2.3): fixed-length MuJoCo training episodes
     "reference": SacRecipe(
-        lr=3e-4, adam_beta1=0.25, alpha=0.2, entropy_per_action_dim=-0.5, fixed_length=True
+        lr=3e-4,
+        adam_beta1=0.25,
+        alpha=0.2,
+        entropy_per_action_dim=-0.5,
+        fixed_length=True,
+        normalize_obs_envs=("Hopper", "Walker2d"),  # scale_env_with_demo_stats (ALGORITHM 2.4)
     ),
     # the settings that trained our own experts (agents/expert.py), episodes that terminate
     "expert": SacRecipe(
-        lr=1e-3, adam_beta1=0.9, alpha=1.0, entropy_per_action_dim=-1.0, fixed_length=False
+        lr=1e-3,
+        adam_beta1=0.9,
+        alpha=1.0,
+        entropy_per_action_dim=-1.0,
+        fixed_length=False,
+        normalize_obs_envs=(),
     ),
 }
 DEFAULT_RECIPE = "reference"
@@ -149,6 +162,8 @@ class TrainArgs:
     alpha: float = SAC_RECIPES[DEFAULT_RECIPE].alpha
     target_entropy: float | None = None
     fixed_length: bool = SAC_RECIPES[DEFAULT_RECIPE].fixed_length
+    normalize_obs: bool | None = None
+    """None: the recipe's choice for this env (`policy_sees_normalized_obs`)."""
     bc_epochs: int = 200
     server_args: tuple[str, ...] = ()
     progress: bool = True
@@ -234,6 +249,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         help="MuJoCo training episodes run the full horizon (terminate_when_unhealthy=False, "
         "the reference's no_terminal) or end when the robot falls; evaluation episodes always "
         "end (default: the recipe's)",
+    )
+    a(
+        "--normalize-obs",
+        action=argparse.BooleanOptionalAction,
+        help="SAC's networks see observations normalised with the demos' mean and std, as the "
+        "reference's ScaledEnv (default: the recipe's: reference does for Hopper and Walker2d)",
     )
     a("--bc-epochs", type=int, default=d.bc_epochs, help="epochs of --algo bc")
     a(
@@ -361,11 +382,27 @@ def wait_for_discriminator(client: RewardClient, round_s: float = 300.0) -> dict
             last_version = version
 
 
+def policy_sees_normalized_obs(args: TrainArgs) -> bool:
+    if args.normalize_obs is not None:
+        return args.normalize_obs
+    family = args.env.split("-")[0]
+    return family in SAC_RECIPES[args.sac_recipe].normalize_obs_envs
+
+
+def policy_obs_stats(args: TrainArgs, demos: DemoSet) -> ObsStats | None:
+    """The demos' obs mean and std when SAC normalises observations (else None)."""
+    if not policy_sees_normalized_obs(args):
+        return None
+    obs = np.asarray(demos.obs, dtype=np.float64)
+    return obs.mean(axis=0).astype(np.float32), obs.std(axis=0).astype(np.float32)
+
+
 def make_sac(
     args: TrainArgs,
     obs_space: gym.spaces.Box,
     act_space: gym.spaces.Box,
     reward_fn: Callable[..., np.ndarray] | None,
+    obs_stats: ObsStats | None = None,
 ) -> SAC:
     """SAC with one Adam setting for actor, critics and alpha, as the reference has."""
     s, a = obs_space.shape, act_space.shape
@@ -378,11 +415,13 @@ def make_sac(
         return AdamOptimizerFactory(lr=args.lr, betas=(args.adam_beta1, 0.999))
 
     kwargs: dict[str, Any] = dict(
-        policy=SACPolicy(actor=make_actor(s, a, args.hidden_sizes), action_space=act_space),
+        policy=SACPolicy(
+            actor=make_actor(s, a, args.hidden_sizes, obs_stats), action_space=act_space
+        ),
         policy_optim=opt(),
-        critic=make_critic(s, a, args.hidden_sizes),
+        critic=make_critic(s, a, args.hidden_sizes, obs_stats),
         critic_optim=opt(),
-        critic2=make_critic(s, a, args.hidden_sizes),
+        critic2=make_critic(s, a, args.hidden_sizes, obs_stats),
         critic2_optim=opt(),
         tau=args.tau,
         gamma=args.gamma,
@@ -530,6 +569,7 @@ def train(args: TrainArgs) -> dict[str, float]:
         saved = json.loads((run_dir / "config.json").read_text())
         saved.update(steps=args.steps, resume=True, progress=args.progress)
         saved.setdefault("sac_recipe", "reference")  # runs from before recipes existed
+        saved.setdefault("normalize_obs", False)  # ... and before SAC normalised observations
         for key in ("hidden_sizes", "demo_episodes", "server_args"):
             if saved.get(key) is not None:
                 saved[key] = tuple(saved[key])
@@ -553,7 +593,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     client = RewardClient(address, token=token, timeout_s=60.0)
     try:
         client.wait_ready(timeout_s=300.0)
-        return train_sac(args, run_dir, client, expert)
+        return train_sac(args, run_dir, client, expert, policy_obs_stats(args, demos))
     finally:
         client.close()
         if server is not None:
@@ -614,7 +654,11 @@ def record_evaluation(
 
 
 def train_sac(
-    args: TrainArgs, run_dir: Path, client: RewardClient, expert: float
+    args: TrainArgs,
+    run_dir: Path,
+    client: RewardClient,
+    expert: float,
+    obs_stats: ObsStats | None = None,
 ) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -635,7 +679,8 @@ def train_sac(
     train_envs = DummyVectorEnv([make_train_env])
     test_envs, trackers = make_eval_envs(args)
     train_envs.seed(args.seed)
-    algorithm = make_sac(args, obs_space, act_space, client.reward if args.relabel else None)
+    reward_fn = client.reward if args.relabel else None
+    algorithm = make_sac(args, obs_space, act_space, reward_fn, obs_stats)
     buffer = ReplayBuffer(args.buffer_size)
     train_collector = Collector[CollectStats](algorithm, train_envs, buffer, exploration_noise=True)
     test_collector = Collector[CollectStats](algorithm, test_envs)
@@ -740,7 +785,7 @@ def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]
     env = gym.make(args.env)
     obs_space, act_space = env.observation_space, env.action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
-    algorithm = make_sac(args, obs_space, act_space, None)
+    algorithm = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos))
     actor = algorithm.policy.actor
     low, high = act_space.low, act_space.high
     target = torch.as_tensor(2 * (demos.action - low) / (high - low) - 1, dtype=torch.float32)

@@ -279,3 +279,73 @@ def test_evaluation_measures_distance_travelled_so_standing_is_visible() -> None
         pendulum.step(np.zeros((1, 1)))
     assert np.isnan(mean_travelled(pend_trackers))
     pendulum.close()
+
+
+def test_reference_recipe_normalises_sac_observations_on_hopper_only() -> None:
+    import argparse
+
+    from agents.sac import add_train_args, args_from_namespace, policy_sees_normalized_obs
+
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+
+    def normalised(*flags: str) -> bool:
+        return policy_sees_normalized_obs(args_from_namespace(parser.parse_args(list(flags))))
+
+    assert normalised("--sac-recipe", "reference", "--env", "Hopper-v5")  # ScaledEnv
+    assert normalised("--sac-recipe", "reference", "--env", "Walker2d-v5")
+    assert not normalised("--sac-recipe", "reference", "--env", "HalfCheetah-v5")
+    assert not normalised("--sac-recipe", "reference", "--env", "Pendulum-v1")
+    assert not normalised("--sac-recipe", "expert", "--env", "Hopper-v5")
+    assert not normalised("--sac-recipe", "reference", "--env", "Hopper-v5", "--no-normalize-obs")
+    assert normalised("--sac-recipe", "expert", "--env", "Pendulum-v1", "--normalize-obs")
+
+
+def test_normalising_networks_equal_plain_ones_on_normalised_inputs() -> None:
+    import json
+
+    import torch
+
+    from agents.expert import (
+        InputScaledNet,
+        deterministic_policy_fn,
+        make_actor,
+        make_critic,
+        policy_from_spec,
+    )
+
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=11).astype(np.float32)
+    std = rng.uniform(0.01, 3.0, size=11).astype(np.float32)
+    obs = rng.normal(size=(64, 11)).astype(np.float32) * 3
+    act = rng.uniform(-1, 1, size=(64, 3)).astype(np.float32)
+    normalised_obs = (obs - mean) / (std + np.finfo(np.float32).eps)
+
+    torch.manual_seed(0)
+    scaled_actor = make_actor((11,), (3,), (32, 32), (mean, std))
+    plain_actor = make_actor((11,), (3,), (32, 32))
+    assert isinstance(scaled_actor.preprocess, InputScaledNet)
+    weights = {k: v for k, v in scaled_actor.state_dict().items() if "input_" not in k}
+    plain_actor.load_state_dict(weights)
+    (mu_scaled, _), _ = scaled_actor(obs)
+    (mu_plain, _), _ = plain_actor(normalised_obs)
+    torch.testing.assert_close(mu_scaled, mu_plain, rtol=1e-5, atol=1e-5)
+
+    scaled_critic = make_critic((11,), (3,), (32, 32), (mean, std))
+    plain_critic = make_critic((11,), (3,), (32, 32))
+    weights = {k: v for k, v in scaled_critic.state_dict().items() if "input_" not in k}
+    plain_critic.load_state_dict(weights)
+    torch.testing.assert_close(  # actions are not normalised
+        scaled_critic(obs, act), plain_critic(normalised_obs, act), rtol=1e-5, atol=1e-5
+    )
+
+    # a saved actor carries its statistics: loading it back needs nothing else
+    spec = json.loads((REPO / "demos" / "Hopper-v5.expert.json").read_text())
+    spec = {**spec, "hidden_sizes": [32, 32]}
+    policy = deterministic_policy_fn(policy_from_spec(spec, scaled_actor.state_dict()))
+    expected = np.tanh(mu_scaled.detach().numpy())
+    low = np.asarray(spec["action_low"], dtype=np.float32)
+    high = np.asarray(spec["action_high"], dtype=np.float32)
+    np.testing.assert_allclose(
+        policy(obs[0]), low + (expected[0] + 1) * (high - low) / 2, atol=1e-5
+    )
