@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -574,6 +574,8 @@ def train(args: TrainArgs) -> dict[str, float]:
             if saved.get(key) is not None:
                 saved[key] = tuple(saved[key])
         args = TrainArgs(**saved)
+    # config.json records what ran: the recipe's choice for this env, not "auto"
+    args = replace(args, normalize_obs=policy_sees_normalized_obs(args))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", asdict(args))
     torch.manual_seed(args.seed)

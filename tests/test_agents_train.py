@@ -77,6 +77,8 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert [step for step, _ in scalars["sac/alpha"]] == [600]
     assert all(0 < alpha < 10 for _, alpha in scalars["sac/alpha"])
     assert all(np.isfinite(loss) for _, loss in scalars["sac/critic1_loss"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["normalize_obs"] is False and config["sac_recipe"] == "reference"  # resolved
     obs_before = buffer_obs(run_dir)
     # the server checkpoint written with SAC's is the one a resume loads, even when the
     # server's LATEST says otherwise (here: an older generation, as a stale pointer would be)
