@@ -3,6 +3,7 @@
     python benchmarks/hopper_sac_episodes.py                         # true reward, ~25 min
     python benchmarks/hopper_sac_episodes.py --reward frozen \\
         --server-checkpoint RUN_DIR/server                           # a trained discriminator
+    python benchmarks/hopper_sac_episodes.py --normalize-obs         # SAC on demo-normalised obs
 
 Tianshou SAC with `sd2ail-reward train`'s settings (agents/sac.py `make_sac`: the reference's
 lr 3e-4, Adam beta1 0.25, auto alpha from 0.2 with target entropy -|A|/2, 2 x 256), one update
@@ -13,10 +14,12 @@ per env step after 5000 random steps, in two arms run side by side (one process 
 - `terminating`: training episodes end when the hopper falls.
 
 Evaluation is always the true return with termination (5 deterministic episodes every 5000
-steps). `--reward true` trains on the env's reward, which separates the RL side from the
+steps). `--normalize-obs` gives SAC's networks observations normalised with the mean and std of
+the first demo episode of demos/Hopper-v5.zarr (the reference's `ScaledEnv`, `train`'s
+`--normalize-obs`). `--reward true` trains on the env's reward, which separates the RL side from the
 discriminator; `--reward frozen` trains on a learned reward held fixed (a server checkpoint's
 discriminator, scored at step time in process), which asks whether SAC can climb that reward.
-Writes benchmarks/results/hopper_sac_episodes_<reward>.csv and .png.
+Writes benchmarks/results/hopper_sac_episodes_<reward>[_normobs].csv and .png.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ sys.path.insert(0, str(REPO))
 ARMS = {"fixed-length": {"terminate_when_unhealthy": False}, "terminating": {}}
 
 
-def run_arm(arm: str, reward: str, checkpoint: str | None, steps: int, seed: int) -> list[dict]:
+def run_arm(
+    arm: str, reward: str, checkpoint: str | None, steps: int, seed: int, normalize_obs: bool
+) -> list[dict]:
     import gymnasium as gym
     import torch
     from tianshou.algorithm.algorithm_base import policy_within_training_step
@@ -46,7 +51,8 @@ def run_arm(arm: str, reward: str, checkpoint: str | None, steps: int, seed: int
     from tianshou.env import DummyVectorEnv
 
     from agents.expert import evaluate
-    from agents.sac import TrainArgs, make_sac
+    from agents.sac import TrainArgs, make_sac, policy_obs_stats
+    from sd2ail_reward.demos import read_demos
     from sd2ail_reward.wrapper import SD2AILRewardWrapper
 
     torch.set_num_threads(1)
@@ -64,10 +70,13 @@ def run_arm(arm: str, reward: str, checkpoint: str | None, steps: int, seed: int
     test_envs = DummyVectorEnv([lambda: gym.make("Hopper-v5") for _ in range(5)])
     train_envs.seed(seed)
     probe = gym.make("Hopper-v5")
-    args = replace(TrainArgs(), seed=seed)
+    args = replace(TrainArgs(), seed=seed, normalize_obs=normalize_obs)
     obs_space, act_space = probe.observation_space, probe.action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
-    algorithm = make_sac(args, obs_space, act_space, None)
+    obs_stats = policy_obs_stats(
+        args, read_demos(REPO / "demos" / "Hopper-v5.zarr", num_episodes=1)
+    )
+    algorithm = make_sac(args, obs_space, act_space, None, obs_stats)
     buffer = ReplayBuffer(steps)
     train_collector = Collector[CollectStats](algorithm, train_envs, buffer, exploration_noise=True)
     test_collector = Collector[CollectStats](algorithm, test_envs)
@@ -87,6 +96,7 @@ def run_arm(arm: str, reward: str, checkpoint: str | None, steps: int, seed: int
                 {
                     "reward": reward,
                     "arm": arm,
+                    "normalize_obs": normalize_obs,
                     "seed": seed,
                     "env_step": step,
                     "eval_return_mean": round(float(returns.mean()), 1),
@@ -115,7 +125,7 @@ def load_frozen_learner(checkpoint: str | None) -> Any:
     return learner
 
 
-def _arm_job(job: tuple[str, str, str | None, int, int]) -> list[dict]:
+def _arm_job(job: tuple[str, str, str | None, int, int, bool]) -> list[dict]:
     return run_arm(*job)
 
 
@@ -150,13 +160,18 @@ def main() -> None:
     parser.add_argument("--server-checkpoint", default=None)
     parser.add_argument("--steps", type=int, default=30_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--normalize-obs", action="store_true", help="SAC on demo-normalised obs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ns = parser.parse_args()
-    jobs = [(arm, ns.reward, ns.server_checkpoint, ns.steps, s) for s in ns.seeds for arm in ARMS]
+    jobs = [
+        (arm, ns.reward, ns.server_checkpoint, ns.steps, s, ns.normalize_obs)
+        for s in ns.seeds
+        for arm in ARMS
+    ]
     with mp.get_context("spawn").Pool(min(len(jobs), 2)) as pool:
         rows = [row for arm_rows in pool.map(_arm_job, jobs) for row in arm_rows]
     ns.out.mkdir(parents=True, exist_ok=True)
-    stem = ns.out / f"hopper_sac_episodes_{ns.reward}"
+    stem = ns.out / f"hopper_sac_episodes_{ns.reward}{'_normobs' if ns.normalize_obs else ''}"
     with stem.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -164,7 +179,9 @@ def main() -> None:
     versions = ", ".join(
         f"{p} {importlib.metadata.version(p)}" for p in ("torch", "tianshou", "gymnasium", "mujoco")
     )
-    title = f"SAC on Hopper-v5, {ns.reward} reward"
+    title = f"SAC on Hopper-v5, {ns.reward} reward" + (
+        ", normalised obs" if ns.normalize_obs else ""
+    )
     plot(rows, stem.with_suffix(".png"), title)
     print(f"wrote {stem}.csv/.png; {platform.processor() or platform.machine()}; {versions}")
 
