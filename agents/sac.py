@@ -74,6 +74,8 @@ from sd2ail_reward.wrapper import SD2AILRewardWrapper
 log = logging.getLogger("sd2ail.train")
 PORT_PREFIX = "SD2AIL_SERVER_PORT="
 ALGOS = ("sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc")
+# BC has no env steps: its rows count epochs, and it has no server to ask for diagnostics
+BC_METRICS = ("env_step", "eval_return_mean", "eval_return_std", "eval_x_travelled", "wall_time")
 METRICS = (
     "env_step",
     "eval_return_mean",
@@ -699,6 +701,9 @@ def train_sac(
     stop = StopRequest()
     progress = Progress(args, state.env_step)
     last_eval, stats = float("nan"), {}
+    if checkpoint is not None:  # a resumed bar shows where the run stood, not nan
+        last_eval = last_evaluation_return(run_dir / "metrics.csv")
+        stats = client.stats()["learner"]
     sac_stats: SACTrainingStats | None = None
     session_start, wall_before = time.time(), state.wall_time
     try:
@@ -763,6 +768,11 @@ def train_sac(
     return summarize(run_dir, expert, state)
 
 
+def last_evaluation_return(metrics_path: Path) -> float:
+    rows = list(csv.DictReader(metrics_path.open())) if metrics_path.exists() else []
+    return float(rows[-1]["eval_return_mean"]) if rows else float("nan")
+
+
 def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, float]:
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     final = float(rows[-1]["eval_return_mean"]) if rows else float("nan")
@@ -784,8 +794,9 @@ def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, floa
 def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]:
     """Behaviour cloning baseline: the same actor, regressed onto the demo actions."""
     run_dir = args.run_path
-    env = gym.make(args.env)
-    obs_space, act_space = env.observation_space, env.action_space
+    probe = gym.make(args.env)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
     algorithm = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos))
     actor = algorithm.policy.actor
@@ -794,9 +805,9 @@ def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]
     obs = torch.as_tensor(demos.obs)
     optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(args.seed)
-    test_envs = DummyVectorEnv([lambda: gym.make(args.env) for _ in range(args.eval_episodes)])
+    test_envs, trackers = make_eval_envs(args)
     collector = Collector[CollectStats](algorithm, test_envs)
-    state = TrainState()
+    state, start = TrainState(), time.time()
     for epoch in range(1, args.bc_epochs + 1):
         for idx in torch.randperm(obs.shape[0], generator=gen).split(256):
             (mu, _), _ = actor(obs[idx].numpy())
@@ -806,16 +817,21 @@ def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]
             optim.step()
         if epoch % max(1, args.bc_epochs // 10) == 0 or epoch == args.bc_epochs:
             returns = evaluate(collector, test_envs, 10_000 + epoch)
+            if state.best_return is None or returns.mean() > state.best_return:
+                state.best_return, state.best_step = float(returns.mean()), epoch
+                torch.save(actor.state_dict(), run_dir / "best_actor.pt")
             append_metrics(
                 run_dir / "metrics.csv",
                 {
                     "env_step": epoch,
                     "eval_return_mean": float(returns.mean()),
                     "eval_return_std": float(returns.std()),
-                    "wall_time": 0.0,
-                    "steps_per_s": 0.0,
+                    "eval_x_travelled": mean_travelled(trackers),
+                    "wall_time": time.time() - start,
                 },
+                BC_METRICS,
             )
+    write_learning_curve(run_dir, expert, f"bc on {args.env} (x: epochs)")
     state.env_step = args.bc_epochs
     return summarize(run_dir, expert, state)
 
