@@ -36,7 +36,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
@@ -167,6 +167,7 @@ class TrainArgs:
     normalize_obs: bool | None = None
     """None: the recipe's choice for this env (`policy_sees_normalized_obs`)."""
     bc_epochs: int = 200
+    bc_init_epochs: int = 0
     server_args: tuple[str, ...] = ()
     progress: bool = True
 
@@ -259,6 +260,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "reference's ScaledEnv (default: the recipe's: reference does for Hopper and Walker2d)",
     )
     a("--bc-epochs", type=int, default=d.bc_epochs, help="epochs of --algo bc")
+    a(
+        "--bc-init-epochs",
+        type=int,
+        default=d.bc_init_epochs,
+        help="start SAC's actor from behaviour cloning on the demos for this many epochs "
+        "(not in the paper; default: %(default)s, off)",
+    )
     a(
         "--server-arg",
         dest="server_args",
@@ -597,7 +605,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     client = RewardClient(address, token=token, timeout_s=60.0)
     try:
         client.wait_ready(timeout_s=300.0)
-        return train_sac(args, run_dir, client, expert, policy_obs_stats(args, demos))
+        return train_sac(args, run_dir, client, expert, policy_obs_stats(args, demos), demos)
     finally:
         client.close()
         if server is not None:
@@ -663,6 +671,7 @@ def train_sac(
     client: RewardClient,
     expert: float,
     obs_stats: ObsStats | None = None,
+    demos: DemoSet | None = None,
 ) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -696,6 +705,8 @@ def train_sac(
         truncate_metrics(run_dir / "metrics.csv", state.env_step, METRICS)
         log.info("resumed from %s at env step %d", checkpoint, state.env_step)
         train_envs.seed(args.seed + state.env_step)
+    elif args.bc_init_epochs > 0:
+        initialise_actor_by_cloning(args, algorithm.policy.actor, demos, act_space)
     train_collector.reset(reset_buffer=False)  # keep a resumed replay buffer
     writer = SummaryWriter(str(run_dir / "tb"))
     stop = StopRequest()
@@ -791,6 +802,36 @@ def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, floa
     return summary
 
 
+def behaviour_cloning(
+    actor: torch.nn.Module, demos: DemoSet, act_space: gym.spaces.Box, epochs: int, seed: int
+) -> Iterator[int]:
+    """Regresses the actor's squashed mean action onto the demo actions; yields after each
+    epoch so that the caller can evaluate."""
+    low, high = act_space.low, act_space.high
+    target = torch.as_tensor(2 * (demos.action - low) / (high - low) - 1, dtype=torch.float32)
+    obs = torch.as_tensor(demos.obs)
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        for idx in torch.randperm(obs.shape[0], generator=gen).split(256):
+            (mu, _), _ = actor(obs[idx].numpy())
+            loss = (torch.tanh(mu) - target[idx]).pow(2).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        yield epoch
+
+
+def initialise_actor_by_cloning(
+    args: TrainArgs, actor: torch.nn.Module, demos: DemoSet | None, act_space: gym.spaces.Box
+) -> None:
+    if demos is None:
+        raise ValueError("--bc-init-epochs needs the demos")
+    for _ in behaviour_cloning(actor, demos, act_space, args.bc_init_epochs, args.seed):
+        pass
+    log.info("actor initialised by %d epochs of behaviour cloning", args.bc_init_epochs)
+
+
 def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]:
     """Behaviour cloning baseline: the same actor, regressed onto the demo actions."""
     run_dir = args.run_path
@@ -800,21 +841,10 @@ def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
     algorithm = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos))
     actor = algorithm.policy.actor
-    low, high = act_space.low, act_space.high
-    target = torch.as_tensor(2 * (demos.action - low) / (high - low) - 1, dtype=torch.float32)
-    obs = torch.as_tensor(demos.obs)
-    optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(args.seed)
     test_envs, trackers = make_eval_envs(args)
     collector = Collector[CollectStats](algorithm, test_envs)
     state, start = TrainState(), time.time()
-    for epoch in range(1, args.bc_epochs + 1):
-        for idx in torch.randperm(obs.shape[0], generator=gen).split(256):
-            (mu, _), _ = actor(obs[idx].numpy())
-            loss = (torch.tanh(mu) - target[idx]).pow(2).mean()
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
+    for epoch in behaviour_cloning(actor, demos, act_space, args.bc_epochs, args.seed):
         if epoch % max(1, args.bc_epochs // 10) == 0 or epoch == args.bc_epochs:
             returns = evaluate(collector, test_envs, 10_000 + epoch)
             if state.best_return is None or returns.mean() > state.best_return:
