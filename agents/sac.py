@@ -168,6 +168,7 @@ class TrainArgs:
     """None: the recipe's choice for this env (`policy_sees_normalized_obs`)."""
     bc_epochs: int = 200
     bc_init_epochs: int = 0
+    actor_hold_updates: int = 0
     server_args: tuple[str, ...] = ()
     progress: bool = True
 
@@ -266,6 +267,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         default=d.bc_init_epochs,
         help="start SAC's actor from behaviour cloning on the demos for this many epochs "
         "(not in the paper; default: %(default)s, off)",
+    )
+    a(
+        "--actor-hold-updates",
+        type=int,
+        default=d.actor_hold_updates,
+        help="skip the actor's first N optimiser steps while the critics learn, so that a "
+        "--bc-init-epochs actor is not pushed by an untrained critic (default: %(default)s)",
     )
     a(
         "--server-arg",
@@ -694,6 +702,8 @@ def train_sac(
     train_envs.seed(args.seed)
     reward_fn = client.reward if args.relabel else None
     algorithm = make_sac(args, obs_space, act_space, reward_fn, obs_stats)
+    held = HeldActorOptimizer(algorithm.policy_optim, args.actor_hold_updates)
+    algorithm.policy_optim = held  # type: ignore[assignment]
     buffer = ReplayBuffer(args.buffer_size)
     train_collector = Collector[CollectStats](algorithm, train_envs, buffer, exploration_noise=True)
     test_collector = Collector[CollectStats](algorithm, test_envs)
@@ -712,6 +722,7 @@ def train_sac(
     stop = StopRequest()
     progress = Progress(args, state.env_step)
     last_eval, stats = float("nan"), {}
+    held.skipped = min(state.n_updates, args.actor_hold_updates)  # a resumed hold goes on
     if checkpoint is not None:  # a resumed bar shows where the run stood, not nan
         last_eval = last_evaluation_return(run_dir / "metrics.csv")
         stats = client.stats()["learner"]
@@ -820,6 +831,24 @@ def behaviour_cloning(
             loss.backward()
             optim.step()
         yield epoch
+
+
+class HeldActorOptimizer:
+    """SAC's actor optimiser that skips its first `hold` steps (critics and alpha still learn).
+
+    Tianshou's SAC calls `policy_optim.step(actor_loss)`; its own optimiser list, which holds
+    the state that checkpoints save, keeps the wrapped one."""
+
+    def __init__(self, inner: Any, hold: int) -> None:
+        self.inner, self.hold, self.skipped = inner, hold, 0
+
+    def step(
+        self, loss: torch.Tensor, retain_graph: bool | None = None, create_graph: bool = False
+    ) -> None:
+        if self.skipped < self.hold:
+            self.skipped += 1
+            return
+        self.inner.step(loss, retain_graph=retain_graph, create_graph=create_graph)
 
 
 def initialise_actor_by_cloning(

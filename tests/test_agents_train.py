@@ -407,3 +407,41 @@ def test_bc_init_moves_the_actor_onto_the_demo_actions() -> None:
     after = action_error()
     # seeds 0/1/2: 0.08-0.095 of the error before; the demo actions span [-1, 1]
     assert after < 0.2 * before, (before, after)
+
+
+def test_actor_hold_freezes_the_actor_while_the_critics_learn() -> None:
+    import gymnasium as gym
+    import torch
+    from tianshou.data import Batch, ReplayBuffer
+    from tianshou.utils.torch_utils import policy_within_training_step
+
+    from agents.sac import HeldActorOptimizer, TrainArgs, make_sac
+
+    env = gym.make("Pendulum-v1")
+    obs_space, act_space = env.observation_space, env.action_space
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    torch.manual_seed(0)
+    sac = make_sac(TrainArgs(env="Pendulum-v1", hidden_sizes=(16, 16)), obs_space, act_space, None)
+    sac.policy_optim = HeldActorOptimizer(sac.policy_optim, hold=3)  # type: ignore[assignment]
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(64)
+    for _ in range(64):
+        buffer.add(Batch(
+            obs=rng.normal(size=3), act=rng.uniform(-2, 2, size=1), rew=rng.normal(),
+            terminated=False, truncated=False, obs_next=rng.normal(size=3), info={},
+        ))  # fmt: skip
+
+    def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in module.parameters()]
+
+    def changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+        return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+    actor, critic = snapshot(sac.policy.actor), snapshot(sac.critic)
+    with policy_within_training_step(sac.policy):
+        for _ in range(3):
+            sac.update(buffer=buffer, sample_size=32)
+        assert not changed(actor, sac.policy.actor)  # held
+        assert changed(critic, sac.critic)  # the critics learned meanwhile
+        sac.update(buffer=buffer, sample_size=32)
+        assert changed(actor, sac.policy.actor)  # the hold is over
