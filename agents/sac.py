@@ -415,6 +415,15 @@ def policy_obs_stats(args: TrainArgs, demos: DemoSet) -> ObsStats | None:
     return obs.mean(axis=0).astype(np.float32), obs.std(axis=0).astype(np.float32)
 
 
+def box_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """The observation and action spaces of a continuous-control env."""
+    probe = gym.make(env_id)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    return obs_space, act_space
+
+
 def make_sac(
     args: TrainArgs,
     obs_space: gym.spaces.Box,
@@ -613,7 +622,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     client = RewardClient(address, token=token, timeout_s=60.0)
     try:
         client.wait_ready(timeout_s=300.0)
-        return train_sac(args, run_dir, client, expert, policy_obs_stats(args, demos), demos)
+        return train_sac(args, run_dir, client, expert, demos)
     finally:
         client.close()
         if server is not None:
@@ -678,15 +687,11 @@ def train_sac(
     run_dir: Path,
     client: RewardClient,
     expert: float,
-    obs_stats: ObsStats | None = None,
-    demos: DemoSet | None = None,
+    demos: DemoSet,
 ) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
-    probe = gym.make(args.env)
-    obs_space, act_space = probe.observation_space, probe.action_space
-    probe.close()
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    obs_space, act_space = box_spaces(args.env)
     env_kwargs = training_env_kwargs(args)
     push = not args.frozen_discriminator
 
@@ -701,7 +706,7 @@ def train_sac(
     test_envs, trackers = make_eval_envs(args)
     train_envs.seed(args.seed)
     reward_fn = client.reward if args.relabel else None
-    algorithm = make_sac(args, obs_space, act_space, reward_fn, obs_stats)
+    algorithm = make_sac(args, obs_space, act_space, reward_fn, policy_obs_stats(args, demos))
     held = HeldActorOptimizer(algorithm.policy_optim, args.actor_hold_updates)
     algorithm.policy_optim = held  # type: ignore[assignment]
     buffer = ReplayBuffer(args.buffer_size)
@@ -762,8 +767,7 @@ def train_sac(
                     state.best_return, state.best_step = last_eval, state.env_step
                     torch.save(algorithm.policy.actor.state_dict(), run_dir / "best_actor.pt")
                 write_learning_curve(run_dir, expert, f"{args.algo} on {args.env}")
-                state.server_generation = client.checkpoint()["generation"]
-                save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
+                save_paired_checkpoint(run_dir, algorithm, buffer, state, client)
                 if args.target_return is not None and last_eval >= args.target_return:
                     log.info(
                         "evaluation return %.1f reached --target-return %.1f at env step %d",
@@ -785,9 +789,17 @@ def train_sac(
         progress.close()
         writer.close()
     if stop.requested:
-        state.server_generation = client.checkpoint()["generation"]
-        save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
+        save_paired_checkpoint(run_dir, algorithm, buffer, state, client)
     return summarize(run_dir, expert, state)
+
+
+def save_paired_checkpoint(
+    run_dir: Path, algorithm: SAC, buffer: ReplayBuffer, state: TrainState, client: RewardClient
+) -> None:
+    """SAC's checkpoint, recording the server checkpoint written just before it, which is the
+    one `paired_server_generation` hands a resumed server."""
+    state.server_generation = client.checkpoint()["generation"]
+    save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
 
 
 def last_evaluation_return(metrics_path: Path) -> float:
@@ -852,10 +864,8 @@ class HeldActorOptimizer:
 
 
 def initialise_actor_by_cloning(
-    args: TrainArgs, actor: torch.nn.Module, demos: DemoSet | None, act_space: gym.spaces.Box
+    args: TrainArgs, actor: torch.nn.Module, demos: DemoSet, act_space: gym.spaces.Box
 ) -> None:
-    if demos is None:
-        raise ValueError("--bc-init-epochs needs the demos")
     for _ in behaviour_cloning(actor, demos, act_space, args.bc_init_epochs, args.seed):
         pass
     log.info("actor initialised by %d epochs of behaviour cloning", args.bc_init_epochs)
@@ -864,10 +874,7 @@ def initialise_actor_by_cloning(
 def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]:
     """Behaviour cloning baseline: the same actor, regressed onto the demo actions."""
     run_dir = args.run_path
-    probe = gym.make(args.env)
-    obs_space, act_space = probe.observation_space, probe.action_space
-    probe.close()
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    obs_space, act_space = box_spaces(args.env)
     algorithm = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos))
     actor = algorithm.policy.actor
     test_envs, trackers = make_eval_envs(args)

@@ -51,7 +51,7 @@ def run_arm(
     from tianshou.env import DummyVectorEnv
 
     from agents.expert import evaluate
-    from agents.sac import TrainArgs, make_sac, policy_obs_stats
+    from agents.sac import TrainArgs, box_spaces, make_sac, policy_obs_stats
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.wrapper import SD2AILRewardWrapper
 
@@ -69,10 +69,8 @@ def run_arm(
     train_envs = DummyVectorEnv([make_train_env])
     test_envs = DummyVectorEnv([lambda: gym.make("Hopper-v5") for _ in range(5)])
     train_envs.seed(seed)
-    probe = gym.make("Hopper-v5")
     args = replace(TrainArgs(), seed=seed, normalize_obs=normalize_obs)
-    obs_space, act_space = probe.observation_space, probe.action_space
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    obs_space, act_space = box_spaces("Hopper-v5")
     obs_stats = policy_obs_stats(
         args, read_demos(REPO / "demos" / "Hopper-v5.zarr", num_episodes=1)
     )
