@@ -169,6 +169,7 @@ class TrainArgs:
     bc_epochs: int = 200
     bc_init_epochs: int = 0
     actor_hold_updates: int = 0
+    bc_weight: float = 0.0
     server_args: tuple[str, ...] = ()
     progress: bool = True
 
@@ -274,6 +275,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         default=d.actor_hold_updates,
         help="skip the actor's first N optimiser steps while the critics learn, so that a "
         "--bc-init-epochs actor is not pushed by an untrained critic (default: %(default)s)",
+    )
+    a(
+        "--bc-weight",
+        type=float,
+        default=d.bc_weight,
+        help="add TD3+BC's behaviour-cloning term to SAC's actor loss: this weight x mean|Q| x "
+        "the MSE to demo actions (0.4 is TD3+BC's alpha 2.5; not in the paper; default: "
+        "%(default)s, off)",
     )
     a(
         "--server-arg",
@@ -707,8 +716,7 @@ def train_sac(
     train_envs.seed(args.seed)
     reward_fn = client.reward if args.relabel else None
     algorithm = make_sac(args, obs_space, act_space, reward_fn, policy_obs_stats(args, demos))
-    held = HeldActorOptimizer(algorithm.policy_optim, args.actor_hold_updates)
-    algorithm.policy_optim = held  # type: ignore[assignment]
+    actor_optim = wrap_actor_optimizer(args, algorithm, demos, act_space)
     buffer = ReplayBuffer(args.buffer_size)
     train_collector = Collector[CollectStats](algorithm, train_envs, buffer, exploration_noise=True)
     test_collector = Collector[CollectStats](algorithm, test_envs)
@@ -727,7 +735,7 @@ def train_sac(
     stop = StopRequest()
     progress = Progress(args, state.env_step)
     last_eval, stats = float("nan"), {}
-    held.skipped = min(state.n_updates, args.actor_hold_updates)  # a resumed hold goes on
+    actor_optim.skipped = min(state.n_updates, args.actor_hold_updates)  # a resumed hold goes on
     if checkpoint is not None:  # a resumed bar shows where the run stood, not nan
         last_eval = last_evaluation_return(run_dir / "metrics.csv")
         stats = client.stats()["learner"]
@@ -825,34 +833,57 @@ def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, floa
     return summary
 
 
+class DemoCloningLoss:
+    """Mean squared error between the actor's squashed mean action and the demo actions
+    (scaled to [-1, 1]), on the demo pairs at `idx`."""
+
+    def __init__(self, demos: DemoSet, act_space: gym.spaces.Box) -> None:
+        low, high = act_space.low, act_space.high
+        self.target = torch.as_tensor(2 * (demos.action - low) / (high - low) - 1).float()
+        self.obs = np.asarray(demos.obs, dtype=np.float32)
+
+    def __call__(self, actor: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        (mu, _), _ = actor(self.obs[idx.numpy()])
+        return (torch.tanh(mu) - self.target[idx]).pow(2).mean()
+
+
 def behaviour_cloning(
     actor: torch.nn.Module, demos: DemoSet, act_space: gym.spaces.Box, epochs: int, seed: int
 ) -> Iterator[int]:
     """Regresses the actor's squashed mean action onto the demo actions; yields after each
     epoch so that the caller can evaluate."""
-    low, high = act_space.low, act_space.high
-    target = torch.as_tensor(2 * (demos.action - low) / (high - low) - 1, dtype=torch.float32)
-    obs = torch.as_tensor(demos.obs)
+    cloning_loss = DemoCloningLoss(demos, act_space)
     optim = torch.optim.Adam(actor.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(1, epochs + 1):
-        for idx in torch.randperm(obs.shape[0], generator=gen).split(256):
-            (mu, _), _ = actor(obs[idx].numpy())
-            loss = (torch.tanh(mu) - target[idx]).pow(2).mean()
+        for idx in torch.randperm(len(cloning_loss.obs), generator=gen).split(256):
+            loss = cloning_loss(actor, idx)
             optim.zero_grad()
             loss.backward()
             optim.step()
         yield epoch
 
 
-class HeldActorOptimizer:
-    """SAC's actor optimiser that skips its first `hold` steps (critics and alpha still learn).
+class ActorOptimizer:
+    """SAC's actor optimiser, optionally holding its first `hold` steps (critics and alpha
+    still learn) and adding a behaviour-cloning term to the actor's loss.
 
-    Tianshou's SAC calls `policy_optim.step(actor_loss)`; its own optimiser list, which holds
-    the state that checkpoints save, keeps the wrapped one."""
+    The cloning term is TD3+BC's (Fujimoto & Gu, 2021): `bc_weight * mean|Q| * mse` on a demo
+    batch, so that its pull keeps in proportion to the Q-values as they grow; |actor loss|
+    stands in for mean|Q| (the entropy term is small beside Q). Tianshou's SAC calls
+    `policy_optim.step(actor_loss)`; its own optimiser list, which holds the state that
+    checkpoints save, keeps the wrapped one."""
 
-    def __init__(self, inner: Any, hold: int) -> None:
-        self.inner, self.hold, self.skipped = inner, hold, 0
+    def __init__(
+        self,
+        inner: Any,
+        hold: int = 0,
+        cloning: tuple[torch.nn.Module, DemoCloningLoss, float, int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.inner, self.hold, self.skipped, self.cloning = inner, hold, 0, cloning
+        self.gen = torch.Generator().manual_seed(seed)
+        self.last_cloning_mse = float("nan")
 
     def step(
         self, loss: torch.Tensor, retain_graph: bool | None = None, create_graph: bool = False
@@ -860,7 +891,26 @@ class HeldActorOptimizer:
         if self.skipped < self.hold:
             self.skipped += 1
             return
+        if self.cloning is not None:
+            actor, cloning_loss, weight, batch_size = self.cloning
+            idx = torch.randint(len(cloning_loss.obs), (batch_size,), generator=self.gen)
+            mse = cloning_loss(actor, idx)
+            self.last_cloning_mse = float(mse.detach())
+            loss = loss + weight * loss.detach().abs() * mse
         self.inner.step(loss, retain_graph=retain_graph, create_graph=create_graph)
+
+
+def wrap_actor_optimizer(
+    args: TrainArgs, algorithm: SAC, demos: DemoSet, act_space: gym.spaces.Box
+) -> ActorOptimizer:
+    """Puts an `ActorOptimizer` with the run's hold and cloning term in SAC's place."""
+    cloning = None
+    if args.bc_weight > 0:
+        cloning_loss = DemoCloningLoss(demos, act_space)
+        cloning = (algorithm.policy.actor, cloning_loss, args.bc_weight, args.batch_size)
+    optim = ActorOptimizer(algorithm.policy_optim, args.actor_hold_updates, cloning, args.seed)
+    algorithm.policy_optim = optim  # type: ignore[assignment]
+    return optim
 
 
 def initialise_actor_by_cloning(
