@@ -599,8 +599,18 @@ class Progress:
             self.bar.close()
 
 
+class RunDirInUse(FileExistsError):
+    """A new run pointed at a directory that already holds one."""
+
+
 def train(args: TrainArgs) -> dict[str, float]:
     run_dir = args.run_path
+    if not args.resume and (run_dir / "metrics.csv").exists():
+        # a second run would append its curve to the first one's and overwrite its checkpoints
+        raise RunDirInUse(
+            f"{run_dir} already holds a run; continue it with --resume --run-dir {run_dir} "
+            "(--steps to extend it), or choose another --run-dir"
+        )
     if args.resume:
         saved = json.loads((run_dir / "config.json").read_text())
         saved.update(steps=args.steps, resume=True, progress=args.progress)
@@ -957,7 +967,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_train_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
-    train(args_from_namespace(parser.parse_args(argv)))
+    try:
+        train(args_from_namespace(parser.parse_args(argv)))
+    except RunDirInUse as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -80,6 +80,15 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     config = json.loads((run_dir / "config.json").read_text())
     assert config["normalize_obs"] is False and config["sac_recipe"] == "reference"  # resolved
     obs_before = buffer_obs(run_dir)
+    # the same command again (no --resume) refuses, and leaves the run as it was
+    metrics_before = (run_dir / "metrics.csv").read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "sd2ail_reward.cli", "train", *TINY, "--run-dir", str(run_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 2 and "already holds a run" in again.stderr, again.stderr[-2000:]
+    assert "--resume" in again.stderr
+    assert (run_dir / "metrics.csv").read_text() == metrics_before
     # the server checkpoint written with SAC's is the one a resume loads, even when the
     # server's LATEST says otherwise (here: an older generation, as a stale pointer would be)
     latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
