@@ -670,10 +670,12 @@ def record_evaluation(
     buffer: ReplayBuffer,
     client: RewardClient,
     elapsed: float,
+    cloning_mse: float = float("nan"),
 ) -> None:
     """One metrics.csv row and its TensorBoard scalars, plus SAC's own state (entropy weight
     and losses), which tells a stalled policy apart from a stalled discriminator.
-    `evaluation` is the episodes' true returns and their mean x distance travelled."""
+    `evaluation` is the episodes' true returns and their mean x distance travelled;
+    `cloning_mse` is the actor's error on the demo actions under `--bc-weight` (nan without)."""
     returns, x_travelled = evaluation
     row = {
         "env_step": state.env_step,
@@ -699,6 +701,8 @@ def record_evaluation(
             value = getattr(sac_stats, key)
             if value is not None:
                 writer.add_scalar(f"sac/{key}", float(value), state.env_step)
+    if not np.isnan(cloning_mse):
+        writer.add_scalar("sac/cloning_mse", cloning_mse, state.env_step)
 
 
 def train_sac(
@@ -779,7 +783,7 @@ def train_sac(
                 stats = client.stats()["learner"]
                 record_evaluation(
                     run_dir, writer, state, (returns, mean_travelled(trackers)), stats,
-                    sac_stats, buffer, client, elapsed,
+                    sac_stats, buffer, client, elapsed, actor_optim.last_cloning_mse,
                 )  # fmt: skip
                 if state.best_return is None or last_eval > state.best_return:
                     state.best_return, state.best_step = last_eval, state.env_step
@@ -874,6 +878,17 @@ def behaviour_cloning(
         yield epoch
 
 
+@dataclass(frozen=True)
+class CloningTerm:
+    """TD3+BC's cloning term as `ActorOptimizer` adds it: `weight` x |actor loss| x the
+    actor's action error on `batch_size` demo pairs drawn per update."""
+
+    actor: torch.nn.Module
+    loss: DemoCloningLoss
+    weight: float
+    batch_size: int
+
+
 class ActorOptimizer:
     """SAC's actor optimiser, optionally holding its first `hold` steps (critics and alpha
     still learn) and adding a behaviour-cloning term to the actor's loss.
@@ -888,7 +903,7 @@ class ActorOptimizer:
         self,
         inner: Any,
         hold: int = 0,
-        cloning: tuple[torch.nn.Module, DemoCloningLoss, float, int] | None = None,
+        cloning: CloningTerm | None = None,
         seed: int = 0,
     ) -> None:
         self.inner, self.hold, self.skipped, self.cloning = inner, hold, 0, cloning
@@ -902,11 +917,11 @@ class ActorOptimizer:
             self.skipped += 1
             return
         if self.cloning is not None:
-            actor, cloning_loss, weight, batch_size = self.cloning
-            idx = torch.randint(len(cloning_loss.obs), (batch_size,), generator=self.gen)
-            mse = cloning_loss(actor, idx)
+            term = self.cloning
+            idx = torch.randint(len(term.loss.obs), (term.batch_size,), generator=self.gen)
+            mse = term.loss(term.actor, idx)
             self.last_cloning_mse = float(mse.detach())
-            loss = loss + weight * loss.detach().abs() * mse
+            loss = loss + term.weight * loss.detach().abs() * mse
         self.inner.step(loss, retain_graph=retain_graph, create_graph=create_graph)
 
 
@@ -916,8 +931,8 @@ def wrap_actor_optimizer(
     """Puts an `ActorOptimizer` with the run's hold and cloning term in SAC's place."""
     cloning = None
     if args.bc_weight > 0:
-        cloning_loss = DemoCloningLoss(demos, act_space)
-        cloning = (algorithm.policy.actor, cloning_loss, args.bc_weight, args.batch_size)
+        loss = DemoCloningLoss(demos, act_space)
+        cloning = CloningTerm(algorithm.policy.actor, loss, args.bc_weight, args.batch_size)
     optim = ActorOptimizer(algorithm.policy_optim, args.actor_hold_updates, cloning, args.seed)
     algorithm.policy_optim = optim  # type: ignore[assignment]
     return optim

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,7 +63,8 @@ def tensorboard_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.slow
 def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run_train(*TINY, "--steps", "600", "--run-dir", str(run_dir))
+    # with TD3+BC's cloning term, so the whole run path carries it (and resumes it)
+    run_train(*TINY, "--steps", "600", "--bc-weight", "0.1", "--run-dir", str(run_dir))
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["env_step"]) for r in rows] == [300, 600]
     for row in rows:
@@ -77,8 +79,11 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert [step for step, _ in scalars["sac/alpha"]] == [600]
     assert all(0 < alpha < 10 for _, alpha in scalars["sac/alpha"])
     assert all(np.isfinite(loss) for _, loss in scalars["sac/critic1_loss"])
+    assert [step for step, _ in scalars["sac/cloning_mse"]] == [600]
+    assert all(0 <= mse < 4 for _, mse in scalars["sac/cloning_mse"])  # actions in [-1, 1]^A
     config = json.loads((run_dir / "config.json").read_text())
     assert config["normalize_obs"] is False and config["sac_recipe"] == "reference"  # resolved
+    assert config["bc_weight"] == 0.1
     obs_before = buffer_obs(run_dir)
     # the same command again (no --resume) refuses, and leaves the run as it was
     metrics_before = (run_dir / "metrics.csv").read_text()
@@ -392,17 +397,20 @@ def test_bc_baseline_learns_hopper_from_one_demo(tmp_path: Path) -> None:
 
 
 def test_bc_init_moves_the_actor_onto_the_demo_actions() -> None:
-    import gymnasium as gym
     import torch
 
-    from agents.sac import TrainArgs, initialise_actor_by_cloning, make_sac, policy_obs_stats
+    from agents.sac import (
+        TrainArgs,
+        box_spaces,
+        initialise_actor_by_cloning,
+        make_sac,
+        policy_obs_stats,
+    )
     from sd2ail_reward.demos import read_demos
 
     demos = read_demos(HOPPER, num_episodes=1)
     args = TrainArgs(env="Hopper-v5", bc_init_epochs=20, normalize_obs=True)
-    env = gym.make("Hopper-v5")
-    obs_space, act_space = env.observation_space, env.action_space
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    obs_space, act_space = box_spaces("Hopper-v5")
     torch.manual_seed(0)
     actor = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos)).policy.actor
 
@@ -418,27 +426,34 @@ def test_bc_init_moves_the_actor_onto_the_demo_actions() -> None:
     assert after < 0.2 * before, (before, after)
 
 
-def test_actor_hold_freezes_the_actor_while_the_critics_learn() -> None:
-    import gymnasium as gym
-    import torch
+def random_transitions(
+    size: int, obs_dim: int, act_bound: float, act_dim: int, rng: np.random.Generator
+) -> Any:
+    """A replay buffer of transitions unrelated to any env: SAC's updates on it test the
+    optimiser wiring, not learning."""
     from tianshou.data import Batch, ReplayBuffer
+
+    buffer = ReplayBuffer(size)
+    for _ in range(size):
+        buffer.add(Batch(
+            obs=rng.normal(size=obs_dim), act=rng.uniform(-act_bound, act_bound, size=act_dim),
+            rew=1.0 + rng.normal(), terminated=False, truncated=False,
+            obs_next=rng.normal(size=obs_dim), info={},
+        ))  # fmt: skip
+    return buffer
+
+
+def test_actor_hold_freezes_the_actor_while_the_critics_learn() -> None:
+    import torch
     from tianshou.utils.torch_utils import policy_within_training_step
 
-    from agents.sac import ActorOptimizer, TrainArgs, make_sac
+    from agents.sac import ActorOptimizer, TrainArgs, box_spaces, make_sac
 
-    env = gym.make("Pendulum-v1")
-    obs_space, act_space = env.observation_space, env.action_space
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    obs_space, act_space = box_spaces("Pendulum-v1")
     torch.manual_seed(0)
     sac = make_sac(TrainArgs(env="Pendulum-v1", hidden_sizes=(16, 16)), obs_space, act_space, None)
     sac.policy_optim = ActorOptimizer(sac.policy_optim, hold=3)  # type: ignore[assignment]
-    rng = np.random.default_rng(0)
-    buffer = ReplayBuffer(64)
-    for _ in range(64):
-        buffer.add(Batch(
-            obs=rng.normal(size=3), act=rng.uniform(-2, 2, size=1), rew=rng.normal(),
-            terminated=False, truncated=False, obs_next=rng.normal(size=3), info={},
-        ))  # fmt: skip
+    buffer = random_transitions(64, 3, 2.0, 1, np.random.default_rng(0))
 
     def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
         return [p.detach().clone() for p in module.parameters()]
@@ -460,7 +475,6 @@ def test_bc_weight_pulls_sac_actor_onto_the_demo_actions() -> None:
     """SAC updates on unrelated random transitions, with and without TD3+BC's cloning term:
     only the actor with the term ends up near the demo's actions."""
     import torch
-    from tianshou.data import Batch, ReplayBuffer
     from tianshou.utils.torch_utils import policy_within_training_step
 
     from agents.sac import TrainArgs, box_spaces, make_sac, wrap_actor_optimizer
@@ -468,13 +482,7 @@ def test_bc_weight_pulls_sac_actor_onto_the_demo_actions() -> None:
 
     demos = read_demos(HOPPER, num_episodes=1)
     obs_space, act_space = box_spaces("Hopper-v5")
-    rng = np.random.default_rng(0)
-    buffer = ReplayBuffer(512)
-    for _ in range(512):
-        buffer.add(Batch(
-            obs=rng.normal(size=11), act=rng.uniform(-1, 1, size=3), rew=1.0 + rng.normal(),
-            terminated=False, truncated=False, obs_next=rng.normal(size=11), info={},
-        ))  # fmt: skip
+    buffer = random_transitions(512, 11, 1.0, 3, np.random.default_rng(0))
 
     def demo_action_error(bc_weight: float) -> float:
         args = TrainArgs(env="Hopper-v5", hidden_sizes=(64, 64), bc_weight=bc_weight)
