@@ -824,15 +824,21 @@ def save_paired_checkpoint(
     save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
 
 
-def last_evaluation_return(metrics_path: Path) -> float:
+def evaluation_returns(metrics_path: Path) -> list[float]:
+    """Mean evaluation return of every row of a run's metrics.csv (none for a fresh run)."""
     rows = list(csv.DictReader(metrics_path.open())) if metrics_path.exists() else []
-    return float(rows[-1]["eval_return_mean"]) if rows else float("nan")
+    return [float(row["eval_return_mean"]) for row in rows]
+
+
+def last_evaluation_return(metrics_path: Path) -> float:
+    returns = evaluation_returns(metrics_path)
+    return returns[-1] if returns else float("nan")
 
 
 def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, float]:
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    final = float(rows[-1]["eval_return_mean"]) if rows else float("nan")
-    best = max((float(r["eval_return_mean"]) for r in rows), default=float("nan"))
+    returns = evaluation_returns(run_dir / "metrics.csv")
+    final = returns[-1] if returns else float("nan")
+    best = max(returns, default=float("nan"))
     summary = {
         "env_steps": float(state.env_step),
         "best_return": best,

@@ -965,11 +965,17 @@ class RewardServer:
         ckpt = None
         if self.options.resume_generation and store is not None:
             ckpt = store.load(self.options.resume_generation)
-            logger.info("resuming from checkpoint %s (step %d)", ckpt.path, ckpt.step)
+            logger.info(
+                "resuming from checkpoint %s (step %d, named by --resume-from)",
+                ckpt.path,
+                ckpt.step,
+            )
         elif self.options.resume and store is not None:
             if store.generations():
                 ckpt = store.load_latest()
-                logger.info("resuming from checkpoint %s (step %d)", ckpt.path, ckpt.step)
+                logger.info(
+                    "resuming from checkpoint %s (step %d, the latest)", ckpt.path, ckpt.step
+                )
             else:
                 logger.info("--resume: no checkpoint in %s yet, starting fresh", store.root)
         if isinstance(source, RewardLearner):
