@@ -319,12 +319,16 @@ def make_critic(
     act_shape: Sequence[int],
     hidden_sizes: Sequence[int],
     obs_stats: ObsStats | None = None,
+    layer_norm: bool = False,
 ) -> ContinuousCritic:
+    """Q(s, a) MLP; `layer_norm` puts a LayerNorm before each hidden activation, which bounds
+    how far Q can extrapolate to inputs far from the data (Ball et al., 2023, RLPD)."""
     kwargs: dict[str, Any] = dict(
         state_shape=tuple(obs_shape),
         action_shape=tuple(act_shape),
         hidden_sizes=hidden_sizes,
         concat=True,
+        norm_layer=torch.nn.LayerNorm if layer_norm else None,
     )
     if obs_stats is None:
         return ContinuousCritic(preprocess_net=Net(**kwargs))

@@ -52,6 +52,7 @@ from tianshou.data import Collector, CollectStats, ReplayBuffer
 from tianshou.env import DummyVectorEnv
 from tianshou.utils.torch_utils import policy_within_training_step
 
+from agents.critic_check import critic_value_check
 from agents.expert import (
     ObsStats,
     StopRequest,
@@ -90,6 +91,8 @@ METRICS = (
     "pseudo_acceptance",
     "pseudo_frechet",
     "disc_updates",
+    "critic_q",
+    "learned_return",
 )
 
 
@@ -170,6 +173,7 @@ class TrainArgs:
     bc_init_epochs: int = 0
     actor_hold_updates: int = 0
     bc_weight: float = 0.0
+    critic_layer_norm: bool = False
     server_args: tuple[str, ...] = ()
     progress: bool = True
 
@@ -285,6 +289,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "%(default)s, off)",
     )
     a(
+        "--critic-layer-norm",
+        action="store_true",
+        help="LayerNorm before each hidden activation of both critics, which bounds Q on "
+        "states far from the data, such as a fallen Hopper (RLPD, Ball et al. 2023; not in "
+        "the paper; default: off)",
+    )
+    a(
         "--server-arg",
         dest="server_args",
         action="append",
@@ -375,14 +386,17 @@ class LocalServer:
 
 class RelabelingSAC(SAC):
     """Scores each sampled batch with the current discriminator (one batched RPC), writing the
-    fresh rewards into the buffer, since n-step returns read `buffer.rew`."""
+    fresh rewards into the buffer, since n-step returns read `buffer.rew`.
+
+    The buffer holds the policy's actions in [-1, 1]; the server scores the env's actions (as
+    the wrapper pushes them), so they are mapped to the env's bounds first."""
 
     def __init__(self, *, reward_fn: Callable[..., np.ndarray], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reward_fn = reward_fn
 
     def _preprocess_batch(self, batch: Any, buffer: ReplayBuffer, indices: np.ndarray) -> Any:
-        reward = self.reward_fn(batch.obs, batch.act, batch.obs_next)
+        reward = self.reward_fn(batch.obs, self.policy.map_action(batch.act), batch.obs_next)
         buffer.rew[indices] = reward
         batch.rew = reward
         return super()._preprocess_batch(batch, buffer, indices)
@@ -455,9 +469,9 @@ def make_sac(
             actor=make_actor(s, a, args.hidden_sizes, obs_stats), action_space=act_space
         ),
         policy_optim=opt(),
-        critic=make_critic(s, a, args.hidden_sizes, obs_stats),
+        critic=make_critic(s, a, args.hidden_sizes, obs_stats, args.critic_layer_norm),
         critic_optim=opt(),
-        critic2=make_critic(s, a, args.hidden_sizes, obs_stats),
+        critic2=make_critic(s, a, args.hidden_sizes, obs_stats, args.critic_layer_norm),
         critic2_optim=opt(),
         tau=args.tau,
         gamma=args.gamma,
@@ -533,7 +547,9 @@ def expert_return(demos: DemoSet) -> float:
 # ------------------------------------------------------------------------------ diagnostics
 
 
-def reward_correlation(buffer: ReplayBuffer, client: RewardClient, n: int = 5000) -> float:
+def reward_correlation(
+    buffer: ReplayBuffer, client: RewardClient, policy: SACPolicy, n: int = 5000
+) -> float:
     """Pearson correlation of the current learned reward and the env's reward over the last
     `n` training transitions (the paper reports 90.1% on Hopper)."""
     size = len(buffer)
@@ -541,9 +557,8 @@ def reward_correlation(buffer: ReplayBuffer, client: RewardClient, n: int = 5000
         return float("nan")
     idx = (int(buffer.last_index[0]) - np.arange(min(n, size))) % buffer.maxsize
     batch: Any = buffer[idx]
-    learned = client.reward(
-        np.asarray(batch.obs), np.asarray(batch.act), np.asarray(batch.obs_next)
-    )
+    env_act = policy.map_action(np.asarray(batch.act))  # the buffer holds [-1, 1] actions
+    learned = client.reward(np.asarray(batch.obs), env_act, np.asarray(batch.obs_next))
     return pearson(learned, np.asarray(batch.info["env_reward"], np.float64))
 
 
@@ -660,6 +675,26 @@ def paired_server_generation(args: TrainArgs) -> str:
     return str(json.loads((checkpoint / "state.json").read_text()).get("server_generation", ""))
 
 
+def training_diagnostics(
+    algorithm: SAC, buffer: ReplayBuffer, client: RewardClient
+) -> dict[str, float]:
+    """What the learned reward and the critic say about recent training: the reward's
+    correlation with the env's, and the critic's Q beside the discounted learned return the
+    last finished training episode actually earned (`agents/critic_check.py`)."""
+
+    def env_space_reward(obs: Any, act: Any, obs_next: Any) -> np.ndarray:
+        return client.reward(obs, algorithm.policy.map_action(act), obs_next)
+
+    critic_q, learned_return = critic_value_check(
+        (algorithm.critic, algorithm.critic2), buffer, env_space_reward, algorithm.gamma
+    )
+    return {
+        "reward_env_corr": reward_correlation(buffer, client, algorithm.policy),
+        "critic_q": critic_q,
+        "learned_return": learned_return,
+    }
+
+
 def record_evaluation(
     run_dir: Path,
     writer: Any,
@@ -667,15 +702,15 @@ def record_evaluation(
     evaluation: tuple[np.ndarray, float],
     learner_stats: dict[str, float],
     sac_stats: SACTrainingStats | None,
-    buffer: ReplayBuffer,
-    client: RewardClient,
+    diagnostics: dict[str, float],
     elapsed: float,
     cloning_mse: float = float("nan"),
 ) -> None:
     """One metrics.csv row and its TensorBoard scalars, plus SAC's own state (entropy weight
     and losses), which tells a stalled policy apart from a stalled discriminator.
     `evaluation` is the episodes' true returns and their mean x distance travelled;
-    `cloning_mse` is the actor's error on the demo actions under `--bc-weight` (nan without)."""
+    `diagnostics` is `training_diagnostics`'s; `cloning_mse` is the actor's error on the demo
+    actions under `--bc-weight` (nan without)."""
     returns, x_travelled = evaluation
     row = {
         "env_step": state.env_step,
@@ -684,13 +719,15 @@ def record_evaluation(
         "eval_x_travelled": x_travelled,
         "wall_time": round(elapsed, 1),
         "steps_per_s": round(state.env_step / max(elapsed, 1e-9), 2),
-        "reward_env_corr": reward_correlation(buffer, client),
+        "reward_env_corr": diagnostics["reward_env_corr"],
         "d_expert": learner_stats.get("d_reward/expert", float("nan")),
         "d_agent": learner_stats.get("d_reward/agent", float("nan")),
         "pseudo_threshold": learner_stats.get("pseudo/threshold", float("nan")),
         "pseudo_acceptance": learner_stats.get("pseudo/acceptance_total", float("nan")),
         "pseudo_frechet": learner_stats.get("pseudo/frechet_to_expert", float("nan")),
         "disc_updates": learner_stats.get("updates", float("nan")),
+        "critic_q": diagnostics["critic_q"],
+        "learned_return": diagnostics["learned_return"],
     }
     append_metrics(run_dir / "metrics.csv", row, METRICS)
     for key, value in row.items():
@@ -783,7 +820,8 @@ def train_sac(
                 stats = client.stats()["learner"]
                 record_evaluation(
                     run_dir, writer, state, (returns, mean_travelled(trackers)), stats,
-                    sac_stats, buffer, client, elapsed, actor_optim.last_cloning_mse,
+                    sac_stats, training_diagnostics(algorithm, buffer, client), elapsed,
+                    actor_optim.last_cloning_mse,
                 )  # fmt: skip
                 if state.best_return is None or last_eval > state.best_return:
                     state.best_return, state.best_step = last_eval, state.env_step

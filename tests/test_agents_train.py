@@ -501,3 +501,45 @@ def test_bc_weight_pulls_sac_actor_onto_the_demo_actions() -> None:
     without, with_cloning = demo_action_error(0.0), demo_action_error(2.0)
     # seeds 0/1/2: 0.11-0.17 of the error without the term
     assert with_cloning < 0.5 * without, (without, with_cloning)
+
+
+def test_relabelling_scores_the_actions_the_env_received() -> None:
+    """The buffer holds the policy's [-1, 1] actions; the server must score the env's (here
+    Pendulum's [-2, 2]), as the wrapper pushes them for training."""
+    import gymnasium as gym
+    import torch
+    from tianshou.data import Collector, ReplayBuffer
+    from tianshou.env import DummyVectorEnv
+    from tianshou.utils.torch_utils import policy_within_training_step
+
+    from agents.sac import TrainArgs, box_spaces, make_sac
+
+    env_actions: list[np.ndarray] = []
+    scored: list[np.ndarray] = []
+
+    class RecordActions(gym.Wrapper[Any, Any, Any, Any]):
+        def step(self, action: Any) -> Any:
+            env_actions.append(np.asarray(action, np.float32).copy())
+            return self.env.step(action)
+
+    def reward_fn(obs: Any, act: Any, obs_next: Any) -> np.ndarray:
+        scored.append(np.asarray(act, np.float32))
+        return np.zeros(len(obs), np.float32)
+
+    obs_space, act_space = box_spaces("Pendulum-v1")
+    torch.manual_seed(0)
+    args = TrainArgs(env="Pendulum-v1", hidden_sizes=(16, 16))
+    sac = make_sac(args, obs_space, act_space, reward_fn)
+    envs = DummyVectorEnv([lambda: RecordActions(gym.make("Pendulum-v1"))])
+    buffer = ReplayBuffer(200)
+    collector = Collector[Any](sac, envs, buffer, exploration_noise=True)
+    collector.reset()
+    collector.collect(n_step=100, random=True)
+    collector.collect(n_step=100)
+    with policy_within_training_step(sac.policy):
+        for _ in range(5):
+            sac.update(buffer=buffer, sample_size=64)
+    received = np.concatenate(env_actions)
+    assert np.abs(received).max() > 1.5  # the random warm-up spans Pendulum's [-2, 2]
+    for act in np.concatenate(scored).ravel():
+        assert np.isclose(received, act, atol=1e-5).any(), act

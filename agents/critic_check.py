@@ -1,0 +1,80 @@
+"""Does SAC's critic believe what the agent actually earns?
+
+The critic is trained on the learned reward by bootstrapping, so a bias it picks up on states
+far from the data (a fallen Hopper lies 15-20 demo standard deviations away) is multiplied by
+up to 1 / (1 - gamma) and never corrected by a terminal state in fixed-length episodes. This
+compares, over the most recent finished training episode, the critic's Q(s_t, a_t) with the
+discounted learned return that actually followed; a large positive gap is a critic that
+overestimates. (SAC's soft Q also counts the entropy bonus, alpha x entropy per step, which
+with the reference's target entropy -|A|/2 is small and negative.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tianshou.data import ReplayBuffer
+
+TAIL_WEIGHT = 0.01
+"""A truncated episode's steps count only where gamma^(steps left) <= this: the return beyond
+the horizon, which was never observed, would otherwise be missing from the comparison."""
+
+
+def discounted_returns(reward_T: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = sum_k gamma^k r_{t+k} up to the end of the episode."""
+    out_T = np.empty(len(reward_T), np.float64)
+    acc = 0.0
+    for t in range(len(reward_T) - 1, -1, -1):
+        acc = float(reward_T[t]) + gamma * acc
+        out_T[t] = acc
+    return out_T
+
+
+def last_finished_episode(buffer: ReplayBuffer) -> tuple[np.ndarray, bool] | None:
+    """Buffer indices of the most recent finished episode, oldest first, and whether it
+    terminated (rather than being truncated); None if the buffer holds no whole episode.
+    Assumes one env writes the buffer, so an episode's transitions are contiguous."""
+    size = len(buffer)
+    if size == 0:
+        return None
+    newest_first = (int(buffer.last_index[0]) - np.arange(size)) % buffer.maxsize
+    ends = np.flatnonzero(np.asarray(buffer.done)[newest_first])
+    if len(ends) == 0:
+        return None
+    if len(ends) >= 2:
+        episode = newest_first[ends[0] : ends[1]][::-1]
+    elif size < buffer.maxsize:  # the first episode ever, wholly in the buffer
+        episode = newest_first[ends[0] :][::-1]
+    else:
+        return None
+    return episode, bool(buffer.terminated[episode[-1]])
+
+
+def critic_value_check(
+    critics: tuple[torch.nn.Module, torch.nn.Module],
+    buffer: ReplayBuffer,
+    reward_fn: Callable[..., np.ndarray],
+    gamma: float,
+) -> tuple[float, float]:
+    """(mean min-Q, mean discounted learned return) over the last finished episode's steps;
+    (nan, nan) when there is none long enough to judge."""
+    found = last_finished_episode(buffer)
+    if found is None:
+        return float("nan"), float("nan")
+    episode, terminated = found
+    batch: Any = buffer[episode]
+    obs, act = np.asarray(batch.obs), np.asarray(batch.act)
+    returns_T = discounted_returns(reward_fn(obs, act, np.asarray(batch.obs_next)), gamma)
+    n_judged = len(episode)
+    if not terminated:
+        n_judged -= int(np.ceil(np.log(TAIL_WEIGHT) / np.log(gamma)))
+    if n_judged <= 0:
+        return float("nan"), float("nan")
+    obs_T = torch.as_tensor(obs[:n_judged], dtype=torch.float32)
+    act_T = torch.as_tensor(act[:n_judged], dtype=torch.float32)  # the critics' own [-1, 1]
+    with torch.no_grad():
+        q1_T, q2_T = (critic(obs_T, act_T).flatten() for critic in critics)
+    return float(torch.minimum(q1_T, q2_T).mean()), float(returns_T[:n_judged].mean())
