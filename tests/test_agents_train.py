@@ -543,3 +543,26 @@ def test_relabelling_scores_the_actions_the_env_received() -> None:
     assert np.abs(received).max() > 1.5  # the random warm-up spans Pendulum's [-2, 2]
     for act in np.concatenate(scored).ravel():
         assert np.isclose(received, act, atol=1e-5).any(), act
+
+
+def test_critic_layer_norm_bounds_q_far_from_the_data() -> None:
+    """Without LayerNorm a ReLU critic's Q grows in proportion to how far the input lies from
+    the data; with it (--critic-layer-norm) Q stays bounded however far the state is."""
+    import torch
+
+    from agents.sac import TrainArgs, box_spaces, make_sac
+
+    obs_space, act_space = box_spaces("Hopper-v5")
+    direction = torch.randn(64, 11, generator=torch.Generator().manual_seed(0))
+    act = torch.zeros(64, 3)
+
+    def q_far(layer_norm: bool, distance: float) -> float:
+        torch.manual_seed(0)
+        args = TrainArgs(env="Hopper-v5", hidden_sizes=(64, 64), critic_layer_norm=layer_norm)
+        critic = make_sac(args, obs_space, act_space, None).critic
+        assert any(isinstance(m, torch.nn.LayerNorm) for m in critic.modules()) == layer_norm
+        with torch.no_grad():
+            return float(critic(direction * distance, act).abs().max())
+
+    assert q_far(False, 1e4) > 100 * q_far(False, 1e2)
+    assert q_far(True, 1e4) < 2 * q_far(True, 1e2)
