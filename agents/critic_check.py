@@ -53,28 +53,43 @@ def last_finished_episode(buffer: ReplayBuffer) -> tuple[np.ndarray, bool] | Non
     return episode, bool(buffer.terminated[episode[-1]])
 
 
+def judged_q_and_returns(
+    critics: tuple[torch.nn.Module, torch.nn.Module],
+    episode: Any,
+    terminated: bool,
+    reward_fn: Callable[..., np.ndarray],
+    gamma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step of one episode (a Batch of obs, act, obs_next in buffer order): the twin
+    critics' min Q and the discounted learned return that followed, for the steps that can be
+    judged (all of a terminated episode; a truncated one's up to `TAIL_WEIGHT`)."""
+    obs, act = np.asarray(episode.obs), np.asarray(episode.act)
+    returns_T = discounted_returns(reward_fn(obs, act, np.asarray(episode.obs_next)), gamma)
+    n_judged = len(obs)
+    if not terminated:
+        n_judged -= int(np.ceil(np.log(TAIL_WEIGHT) / np.log(gamma)))
+    if n_judged <= 0:
+        return np.empty(0), np.empty(0)
+    obs_T = torch.as_tensor(obs[:n_judged], dtype=torch.float32)
+    act_T = torch.as_tensor(act[:n_judged], dtype=torch.float32)  # the critics' own [-1, 1]
+    with torch.no_grad():
+        q1_T, q2_T = (critic(obs_T, act_T).flatten() for critic in critics)
+    return torch.minimum(q1_T, q2_T).numpy().astype(np.float64), returns_T[:n_judged]
+
+
 def critic_value_check(
     critics: tuple[torch.nn.Module, torch.nn.Module],
     buffer: ReplayBuffer,
     reward_fn: Callable[..., np.ndarray],
     gamma: float,
 ) -> tuple[float, float]:
-    """(mean min-Q, mean discounted learned return) over the last finished episode's steps;
-    (nan, nan) when there is none long enough to judge."""
+    """(mean min-Q, mean discounted learned return) over the last finished episode's judged
+    steps; (nan, nan) when there is none long enough to judge."""
     found = last_finished_episode(buffer)
     if found is None:
         return float("nan"), float("nan")
-    episode, terminated = found
-    batch: Any = buffer[episode]
-    obs, act = np.asarray(batch.obs), np.asarray(batch.act)
-    returns_T = discounted_returns(reward_fn(obs, act, np.asarray(batch.obs_next)), gamma)
-    n_judged = len(episode)
-    if not terminated:
-        n_judged -= int(np.ceil(np.log(TAIL_WEIGHT) / np.log(gamma)))
-    if n_judged <= 0:
+    indices, terminated = found
+    q_T, returns_T = judged_q_and_returns(critics, buffer[indices], terminated, reward_fn, gamma)
+    if len(q_T) == 0:
         return float("nan"), float("nan")
-    obs_T = torch.as_tensor(obs[:n_judged], dtype=torch.float32)
-    act_T = torch.as_tensor(act[:n_judged], dtype=torch.float32)  # the critics' own [-1, 1]
-    with torch.no_grad():
-        q1_T, q2_T = (critic(obs_T, act_T).flatten() for critic in critics)
-    return float(torch.minimum(q1_T, q2_T).mean()), float(returns_T[:n_judged].mean())
+    return float(q_T.mean()), float(returns_T.mean())
