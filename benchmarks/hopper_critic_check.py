@@ -5,11 +5,13 @@ episodes), loads the critics, the replay buffer and the discriminator generation
 it, and compares, over the last finished training episodes in the buffer, the critic's Q(s, a)
 with the discounted learned return that actually followed (`agents/critic_check.py`), split
 into the steps where the Hopper is healthy (z > 0.7 and |torso angle| < 0.2, the env's own
-termination test) and those where it has fallen:
+termination test) and those where it has fallen, with how far those states lie from the demo
+(mean over steps of the largest |z-score| against the demo's obs mean and std):
 
     python benchmarks/hopper_critic_check.py RUN_DIR [--episodes 4]
 
-Appends one row per checkpoint and state to `benchmarks/results/hopper_critic_check.csv`.
+Writes one row per checkpoint and state to `benchmarks/results/hopper_critic_check_<run>.csv`
+(the run's checkpoints rotate, so rerunning later checks later ones).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ FIELDS = (
     "critic_q",
     "learned_return",
     "learned_reward_per_step",
+    "max_abs_z",
 )
 
 
@@ -84,6 +87,7 @@ def main() -> None:
     args = TrainArgs(**saved)
     demos = read_demos(REPO / args.demos, num_episodes=args.num_demos)
     obs_space, act_space = box_spaces(args.env)
+    demo_mean, demo_std = demos.obs.mean(axis=0), demos.obs.std(axis=0)
     rows = []
     for checkpoint in sorted((ns.run_dir / "checkpoints").glob("step-*")):
         sac = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos))
@@ -102,11 +106,15 @@ def main() -> None:
             )
             obs = np.asarray(batch.obs)[: len(q_T)]
             reward = reward_fn(batch.obs, batch.act, batch.obs_next)[: len(q_T)]
+            # how far the states lie from the demo, in the demo-normalised units SAC sees
+            z = np.abs(obs - demo_mean) / (demo_std + np.finfo(np.float32).eps)
             healthy = (obs[:, 0] > 0.7) & (np.abs(obs[:, 1]) < 0.2)
             for name, mask in (("healthy", healthy), ("fallen", ~healthy)):
-                by_state[name].append(np.stack([q_T[mask], returns_T[mask], reward[mask]]))
+                by_state[name].append(
+                    np.stack([q_T[mask], returns_T[mask], reward[mask], z[mask].max(axis=1)])
+                )
         for name, parts in by_state.items():
-            joined = np.concatenate(parts, axis=1) if parts else np.empty((3, 0))
+            joined = np.concatenate(parts, axis=1) if parts else np.empty((4, 0))
             rows.append(
                 {
                     "run": ns.run_dir.name,
@@ -121,12 +129,9 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     ns.out.mkdir(parents=True, exist_ok=True)
-    path = ns.out / "hopper_critic_check.csv"
-    new = not path.exists()
-    with path.open("a", newline="") as f:
+    with (ns.out / f"hopper_critic_check_{ns.run_dir.name}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
+        writer.writeheader()
         writer.writerows(rows)
 
 
