@@ -11,6 +11,7 @@ with the reference's target entropy -|A|/2 is small and negative.)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -33,24 +34,29 @@ def discounted_returns(reward_T: np.ndarray, gamma: float) -> np.ndarray:
     return out_T
 
 
-def last_finished_episode(buffer: ReplayBuffer) -> tuple[np.ndarray, bool] | None:
-    """Buffer indices of the most recent finished episode, oldest first, and whether it
-    terminated (rather than being truncated); None if the buffer holds no whole episode.
-    Assumes one env writes the buffer, so an episode's transitions are contiguous."""
+def finished_episodes(buffer: ReplayBuffer, count: int) -> list[tuple[np.ndarray, bool]]:
+    """Buffer indices of up to `count` most recent finished episodes, newest first, each
+    oldest step first, with whether it terminated (rather than being truncated). Assumes one
+    env writes the buffer, so an episode's transitions are contiguous."""
     size = len(buffer)
     if size == 0:
-        return None
+        return []
     newest_first = (int(buffer.last_index[0]) - np.arange(size)) % buffer.maxsize
-    ends = np.flatnonzero(np.asarray(buffer.done)[newest_first])
-    if len(ends) == 0:
-        return None
-    if len(ends) >= 2:
-        episode = newest_first[ends[0] : ends[1]][::-1]
-    elif size < buffer.maxsize:  # the first episode ever, wholly in the buffer
-        episode = newest_first[ends[0] :][::-1]
-    else:
-        return None
-    return episode, bool(buffer.terminated[episode[-1]])
+    ends = [int(end) for end in np.flatnonzero(np.asarray(buffer.done)[newest_first])]
+    if size < buffer.maxsize:  # nothing overwritten: the oldest episode starts at slot 0
+        ends.append(size)
+    out = []
+    for start, stop in itertools.pairwise(ends[: count + 1]):
+        episode = newest_first[start:stop][::-1]
+        out.append((episode, bool(buffer.terminated[episode[-1]])))
+    return out
+
+
+def last_finished_episode(buffer: ReplayBuffer) -> tuple[np.ndarray, bool] | None:
+    """The most recent finished episode (`finished_episodes`), or None if the buffer holds
+    no whole one."""
+    found = finished_episodes(buffer, 1)
+    return found[0] if found else None
 
 
 def judged_q_and_returns(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -41,18 +40,6 @@ FIELDS = (
 )
 
 
-def finished_episodes(buffer: Any, count: int) -> list[tuple[np.ndarray, bool]]:
-    """The `count` most recent finished episodes (indices oldest first, terminated?)."""
-    size = len(buffer)
-    newest_first = (int(buffer.last_index[0]) - np.arange(size)) % buffer.maxsize
-    ends = np.flatnonzero(np.asarray(buffer.done)[newest_first])
-    out = []
-    for a, b in itertools.pairwise(ends[: count + 1]):
-        episode = newest_first[a:b][::-1]
-        out.append((episode, bool(buffer.terminated[episode[-1]])))
-    return out
-
-
 def env_space_reward(learner: Any, policy: Any) -> Any:
     """The learned reward of buffer transitions, whose actions are the policy's [-1, 1]."""
 
@@ -72,7 +59,7 @@ def main() -> None:
     import torch
     from tianshou.data import ReplayBuffer
 
-    from agents.critic_check import judged_q_and_returns
+    from agents.critic_check import finished_episodes, judged_q_and_returns
     from agents.expert import load_checkpoint
     from agents.sac import TrainArgs, box_spaces, make_sac, policy_obs_stats
     from sd2ail_reward.checkpoint import CheckpointStore
