@@ -63,14 +63,18 @@ def judged_q_and_returns(
     critics: tuple[torch.nn.Module, torch.nn.Module],
     episode: Any,
     terminated: bool,
-    reward_fn: Callable[..., np.ndarray],
+    reward_fn: Callable[..., np.ndarray] | None,
     gamma: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per step of one episode (a Batch of obs, act, obs_next in buffer order): the twin
     critics' min Q and the discounted learned return that followed, for the steps that can be
     judged (all of a terminated episode; a truncated one's up to `TAIL_WEIGHT`)."""
     obs, act = np.asarray(episode.obs), np.asarray(episode.act)
-    returns_T = discounted_returns(reward_fn(obs, act, np.asarray(episode.obs_next)), gamma)
+    if reward_fn is None:  # the reward stored with each step (the env's, or step-time)
+        reward_T = np.asarray(episode.rew, np.float64)
+    else:
+        reward_T = reward_fn(obs, act, np.asarray(episode.obs_next))
+    returns_T = discounted_returns(reward_T, gamma)
     n_judged = len(obs)
     if not terminated:
         n_judged -= int(np.ceil(np.log(TAIL_WEIGHT) / np.log(gamma)))
@@ -86,7 +90,7 @@ def judged_q_and_returns(
 def critic_value_check(
     critics: tuple[torch.nn.Module, torch.nn.Module],
     buffer: ReplayBuffer,
-    reward_fn: Callable[..., np.ndarray],
+    reward_fn: Callable[..., np.ndarray] | None,
     gamma: float,
 ) -> tuple[float, float]:
     """(mean min-Q, mean discounted learned return) over the last finished episode's judged

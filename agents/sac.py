@@ -53,20 +53,18 @@ from tianshou.env import DummyVectorEnv
 from tianshou.utils.torch_utils import policy_within_training_step
 
 from agents.critic_check import critic_value_check
+from agents.checkpoints import TrainState, restore_sac_checkpoint, save_sac_checkpoint
 from agents.expert import (
     ObsStats,
     StopRequest,
-    TrainState,
     append_metrics,
     evaluate,
-    find_checkpoint,
-    load_checkpoint,
     make_actor,
     make_critic,
-    save_checkpoint,
     truncate_metrics,
     write_json,
 )
+from sd2ail_reward.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from sd2ail_reward.client import RewardClient, RewardServiceError
 from sd2ail_reward.demos import DemoSet, read_demos
 from sd2ail_reward.metrics import pearson
@@ -75,6 +73,10 @@ from sd2ail_reward.wrapper import SD2AILRewardWrapper
 log = logging.getLogger("sd2ail.train")
 PORT_PREFIX = "SD2AIL_SERVER_PORT="
 ALGOS = ("sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc")
+REWARD_SOURCES = ("learned", "frozen", "env")
+"""learned: the reward server's, trained on the pushed transitions (imitation); frozen: the
+same server's discriminator never trained (a control); env: the env's own reward, no server
+(experts, and the true-reward control: the ceiling SAC reaches with a recipe)."""
 # BC has no env steps: its rows count epochs, and it has no server to ask for diagnostics
 BC_METRICS = ("env_step", "eval_return_mean", "eval_return_std", "eval_x_travelled", "wall_time")
 METRICS = (
@@ -150,7 +152,8 @@ class TrainArgs:
     resume: bool = False
     relabel: bool = True
     overlap: bool = True
-    frozen_discriminator: bool = False
+    reward: str = "learned"
+    """What SAC is trained on: `REWARD_SOURCES`."""
     eval_every: int = 10_000
     eval_episodes: int = 10
     target_return: float | None = None
@@ -179,7 +182,11 @@ class TrainArgs:
 
     @property
     def run_path(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.algo}-{self.env}-seed{self.seed}")
+        if self.run_dir:
+            return Path(self.run_dir)
+        if self.reward == "env":
+            return Path(f"runs/sac-envreward-{self.sac_recipe}-{self.env}-seed{self.seed}")
+        return Path(f"runs/{self.algo}-{self.env}-seed{self.seed}")
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -211,9 +218,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         "SAC updates run while it trains, then Sync)",
     )
     a(
-        "--frozen-discriminator",
-        action="store_true",
-        help="never train the discriminator (a control: the reward stays at its initial value)",
+        "--reward",
+        choices=REWARD_SOURCES,
+        default=d.reward,
+        help="what SAC learns from: 'learned' (the reward server's, imitation), 'frozen' (the "
+        "server's discriminator never trained: a control) or 'env' (the env's own reward, no "
+        "server: experts and the true-reward control) (default: %(default)s)",
     )
     a("--eval-every", type=int, default=d.eval_every, help="env steps between evaluations")
     a("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per evaluation")
@@ -358,7 +368,7 @@ class LocalServer:
             cmd += ["--demo-episodes", *map(str, args.demo_episodes)]
         else:
             cmd += ["--num-demos", str(args.num_demos)]
-        if args.frozen_discriminator:
+        if args.reward == "frozen":
             cmd += ["--no-train"]
         cmd += list(args.server_args)
         log.info("starting reward server: %s", " ".join(cmd))
@@ -627,14 +637,7 @@ def train(args: TrainArgs) -> dict[str, float]:
             "(--steps to extend it), or choose another --run-dir"
         )
     if args.resume:
-        saved = json.loads((run_dir / "config.json").read_text())
-        saved.update(steps=args.steps, resume=True, progress=args.progress)
-        saved.setdefault("sac_recipe", "reference")  # runs from before recipes existed
-        saved.setdefault("normalize_obs", False)  # ... and before SAC normalised observations
-        for key in ("hidden_sizes", "demo_episodes", "server_args"):
-            if saved.get(key) is not None:
-                saved[key] = tuple(saved[key])
-        args = TrainArgs(**saved)
+        args = resumed_args(args)
     # config.json records what ran: the recipe's choice for this env, not "auto"
     args = replace(args, normalize_obs=policy_sees_normalized_obs(args))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -647,40 +650,61 @@ def train(args: TrainArgs) -> dict[str, float]:
         expected_env_id=args.env,
     )
     expert = expert_return(demos)
-    if args.algo == "bc":
+    if args.algo == "bc" and args.reward != "env":
         return train_bc(args, demos, expert)
+    checkpoint = latest_sac_checkpoint(run_dir) if args.resume else None
+    if args.reward == "env":
+        return train_sac(args, run_dir, None, expert, demos, checkpoint)
 
-    server = None if args.server else LocalServer(args, run_dir, paired_server_generation(args))
+    paired = checkpoint.meta.get("server_generation", "") if checkpoint is not None else ""
+    server = None if args.server else LocalServer(args, run_dir, str(paired))
     address = args.server or (server.address if server else "")
     token = args.token if args.server else (server.token if server else None)
     client = RewardClient(address, token=token, timeout_s=60.0)
     try:
         client.wait_ready(timeout_s=300.0)
-        return train_sac(args, run_dir, client, expert, demos)
+        return train_sac(args, run_dir, client, expert, demos, checkpoint)
     finally:
         client.close()
         if server is not None:
             server.stop()
 
 
-def paired_server_generation(args: TrainArgs) -> str:
-    """The server checkpoint saved with the SAC checkpoint a resume will load ("" if none):
-    resuming the server from its own newest one instead could put the discriminator ahead of
-    the policy and replay buffer (a killed run, or a server that outlived its trainer)."""
-    if not args.resume:
-        return ""
-    checkpoint = find_checkpoint(args.run_path)
-    if checkpoint is None:
-        return ""
-    return str(json.loads((checkpoint / "state.json").read_text()).get("server_generation", ""))
+def resumed_args(args: TrainArgs) -> TrainArgs:
+    """The stored config of the run in --run-dir, with the flags a resume may change."""
+    saved = json.loads((args.run_path / "config.json").read_text())
+    saved.update(steps=args.steps, resume=True, progress=args.progress, run_dir=args.run_dir)
+    if saved.pop("frozen_discriminator", False):  # runs from before --reward existed
+        saved["reward"] = "frozen"
+    for key in ("hidden_sizes", "demo_episodes", "server_args"):
+        if saved.get(key) is not None:
+            saved[key] = tuple(saved[key])
+    return TrainArgs(**saved)
+
+
+def latest_sac_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest SAC checkpoint that verifies, or None for a run that never saved one. Its
+    meta names the server checkpoint saved with it, which a resumed server must load: its own
+    newest one could put the discriminator ahead of the policy and replay buffer."""
+    try:
+        return sac_checkpoint_store(run_dir).load_latest()
+    except CheckpointError as err:
+        log.info("no SAC checkpoint to resume from (%s): starting from step 0", err)
+        return None
 
 
 def training_diagnostics(
-    algorithm: SAC, buffer: ReplayBuffer, client: RewardClient
+    algorithm: SAC, buffer: ReplayBuffer, client: RewardClient | None
 ) -> dict[str, float]:
     """What the learned reward and the critic say about recent training: the reward's
     correlation with the env's, and the critic's Q beside the discounted learned return the
-    last finished training episode actually earned (`agents/critic_check.py`)."""
+    last finished training episode actually earned (`agents/critic_check.py`). On the env's
+    reward (no client) the critic is judged against the env's return."""
+    if client is None:
+        critic_q, env_return = critic_value_check(
+            (algorithm.critic, algorithm.critic2), buffer, None, algorithm.gamma
+        )
+        return {"reward_env_corr": float("nan"), "critic_q": critic_q, "learned_return": env_return}
 
     def env_space_reward(obs: Any, act: Any, obs_next: Any) -> np.ndarray:
         return client.reward(obs, algorithm.policy.map_action(act), obs_next)
@@ -745,18 +769,25 @@ def record_evaluation(
 def train_sac(
     args: TrainArgs,
     run_dir: Path,
-    client: RewardClient,
+    client: RewardClient | None,
     expert: float,
     demos: DemoSet,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, float]:
+    """The one SAC loop: `client` None trains on the env's own reward (`--reward env`), else
+    on the reward server's. Training steps are sampled from the stochastic policy (collection
+    inside `policy_within_training_step`, outside of which Tianshou's SAC acts with its mean);
+    evaluation is deterministic."""
     from torch.utils.tensorboard import SummaryWriter
 
     obs_space, act_space = box_spaces(args.env)
     env_kwargs = training_env_kwargs(args)
-    push = not args.frozen_discriminator
+    push = args.reward == "learned"
 
     def make_train_env() -> gym.Env[Any, Any]:
         env = gym.make(args.env, **env_kwargs)
+        if client is None:
+            return env
         # relabelling scores every sampled batch, so a step-time reward would be wasted work
         return SD2AILRewardWrapper(
             env, reward=client, push=push, push_batch=args.chunk, score_steps=not args.relabel
@@ -765,7 +796,7 @@ def train_sac(
     train_envs = DummyVectorEnv([make_train_env])
     test_envs, trackers = make_eval_envs(args)
     train_envs.seed(args.seed)
-    reward_fn = client.reward if args.relabel else None
+    reward_fn = client.reward if client is not None and args.relabel else None
     algorithm = make_sac(args, obs_space, act_space, reward_fn, policy_obs_stats(args, demos))
     actor_optim = wrap_actor_optimizer(args, algorithm, demos, act_space)
     buffer = ReplayBuffer(args.buffer_size)
@@ -773,15 +804,15 @@ def train_sac(
     test_collector = Collector[CollectStats](algorithm, test_envs)
 
     state = TrainState()
-    checkpoint = find_checkpoint(run_dir) if args.resume else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, algorithm, buffer)
+        state = restore_sac_checkpoint(checkpoint, algorithm, buffer)
         truncate_metrics(run_dir / "metrics.csv", state.env_step, METRICS)
-        log.info("resumed from %s at env step %d", checkpoint, state.env_step)
+        log.info("resumed from %s at env step %d", checkpoint.path, state.env_step)
         train_envs.seed(args.seed + state.env_step)
     elif args.bc_init_epochs > 0:
         initialise_actor_by_cloning(args, algorithm.policy.actor, demos, act_space)
     train_collector.reset(reset_buffer=False)  # keep a resumed replay buffer
+    store = sac_checkpoint_store(run_dir)
     writer = SummaryWriter(str(run_dir / "tb"))
     stop = StopRequest()
     progress = Progress(args, state.env_step)
@@ -789,7 +820,7 @@ def train_sac(
     actor_optim.skipped = min(state.n_updates, args.actor_hold_updates)  # a resumed hold goes on
     if checkpoint is not None:  # a resumed bar shows where the run stood, not nan
         last_eval = last_evaluation_return(run_dir / "metrics.csv")
-        stats = client.stats()["learner"]
+        stats = learner_stats(client)
     sac_stats: SACTrainingStats | None = None
     session_start, wall_before = time.time(), state.wall_time
     try:
@@ -798,11 +829,14 @@ def train_sac(
             n = min(args.chunk, args.steps - state.env_step)
             if random:
                 n = min(n, args.start_steps - state.env_step)
-            train_collector.collect(n_step=n, random=random)
+                train_collector.collect(n_step=n, random=True)
+            else:
+                with policy_within_training_step(algorithm.policy):
+                    train_collector.collect(n_step=n)  # sampled actions: SAC explores
             state.env_step += n
             if not random:
                 if push and not args.overlap:
-                    wait_for_discriminator(client)
+                    wait_for_discriminator(cast(RewardClient, client))
                 with policy_within_training_step(algorithm.policy):
                     for _ in range(n):
                         sac_stats = cast(
@@ -811,13 +845,13 @@ def train_sac(
                         )
                 state.n_updates += n
                 if push and args.overlap:
-                    wait_for_discriminator(client)
+                    wait_for_discriminator(cast(RewardClient, client))
             elapsed = state.wall_time = wall_before + time.time() - session_start
             at_eval = state.env_step // args.eval_every > (state.env_step - n) // args.eval_every
             if at_eval or state.env_step >= args.steps:
                 returns = evaluate(test_collector, test_envs, 10_000 + state.env_step)
                 last_eval = float(returns.mean())
-                stats = client.stats()["learner"]
+                stats = learner_stats(client)
                 record_evaluation(
                     run_dir, writer, state, (returns, mean_travelled(trackers)), stats,
                     sac_stats, training_diagnostics(algorithm, buffer, client), elapsed,
@@ -826,8 +860,8 @@ def train_sac(
                 if state.best_return is None or last_eval > state.best_return:
                     state.best_return, state.best_step = last_eval, state.env_step
                     torch.save(algorithm.policy.actor.state_dict(), run_dir / "best_actor.pt")
-                write_learning_curve(run_dir, expert, f"{args.algo} on {args.env}")
-                save_paired_checkpoint(run_dir, algorithm, buffer, state, client)
+                write_learning_curve(run_dir, expert, f"{run_label(args)} on {args.env}")
+                save_paired_checkpoint(store, algorithm, buffer, state, client)
                 if args.target_return is not None and last_eval >= args.target_return:
                     log.info(
                         "evaluation return %.1f reached --target-return %.1f at env step %d",
@@ -849,17 +883,37 @@ def train_sac(
         progress.close()
         writer.close()
     if stop.requested:
-        save_paired_checkpoint(run_dir, algorithm, buffer, state, client)
+        save_paired_checkpoint(store, algorithm, buffer, state, client)
     return summarize(run_dir, expert, state)
 
 
+def run_label(args: TrainArgs) -> str:
+    """What a run trained on, for plot titles."""
+    if args.reward == "env":
+        return f"SAC ({args.sac_recipe} recipe) on the true reward"
+    return args.algo + (" (frozen D)" if args.reward == "frozen" else "")
+
+
+def learner_stats(client: RewardClient | None) -> dict[str, float]:
+    return {} if client is None else cast(dict[str, float], client.stats()["learner"])
+
+
+def sac_checkpoint_store(run_dir: Path) -> CheckpointStore:
+    return CheckpointStore(run_dir / "checkpoints", keep=2)
+
+
 def save_paired_checkpoint(
-    run_dir: Path, algorithm: SAC, buffer: ReplayBuffer, state: TrainState, client: RewardClient
-) -> None:
+    store: CheckpointStore,
+    algorithm: SAC,
+    buffer: ReplayBuffer,
+    state: TrainState,
+    client: RewardClient | None,
+) -> Path:
     """SAC's checkpoint, recording the server checkpoint written just before it, which is the
-    one `paired_server_generation` hands a resumed server."""
-    state.server_generation = client.checkpoint()["generation"]
-    save_checkpoint(run_dir, algorithm, buffer, state, keep=2)
+    one `latest_sac_checkpoint`'s caller hands a resumed server."""
+    if client is not None:
+        state.server_generation = client.checkpoint()["generation"]
+    return save_sac_checkpoint(store, algorithm, buffer, state)
 
 
 def evaluation_returns(metrics_path: Path) -> list[float]:

@@ -400,8 +400,8 @@ _SUBCOMMANDS: dict[
 }
 _AGENT_COMMANDS = {
     "train": (
-        "agents.sac",
-        "train an agent on the learned reward (the main job); see `train --help`",
+        "agents.train",
+        "train an agent on the learned reward (the main job) or the env's; see `train --help`",
     ),
     "plot": ("agents.plot", "learning curves of runs and a PCA of expert vs pseudo-experts"),
 }

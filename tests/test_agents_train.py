@@ -39,11 +39,14 @@ def run_train(*args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def latest_sac_checkpoint(run_dir: Path) -> Any:
+    from sd2ail_reward.checkpoint import CheckpointStore
+
+    return CheckpointStore(run_dir / "checkpoints").load_latest()
+
+
 def buffer_obs(run_dir: Path) -> np.ndarray:
-    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    with np.load(run_dir / "checkpoints" / latest / "buffer.npz", allow_pickle=False) as npz:
-        key = next(k for k in npz.files if k.endswith("obs") and "next" not in k)
-        return np.asarray(npz[key])
+    return np.asarray(latest_sac_checkpoint(run_dir).state["buffer"]["data/obs"])
 
 
 def tensorboard_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -96,9 +99,7 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert (run_dir / "metrics.csv").read_text() == metrics_before
     # the server checkpoint written with SAC's is the one a resume loads, even when the
     # server's LATEST says otherwise (here: an older generation, as a stale pointer would be)
-    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    paired = json.loads((run_dir / "checkpoints" / latest / "state.json").read_text())
-    paired_gen = paired["server_generation"]
+    paired_gen = latest_sac_checkpoint(run_dir).meta["server_generation"]
     server_gens = sorted(p.name for p in (run_dir / "server").glob("gen-*"))
     assert paired_gen in server_gens and server_gens[0] != paired_gen
     (run_dir / "server" / "LATEST").write_text(server_gens[0] + "\n")

@@ -84,7 +84,7 @@ def test_frozen_discriminator_does_not_learn_pendulum(tmp_path: Path) -> None:
     run_dir = tmp_path / "frozen"
     rows = train(
         run_dir, "--seed", SEED, "--steps", str(FROZEN_STEPS), "--run-dir", str(run_dir),
-        "--frozen-discriminator", "--target-return", str(TARGET),
+        "--reward", "frozen", "--target-return", str(TARGET),
     )  # fmt: skip
     returns = [r["eval_return_mean"] for r in rows]
     assert rows[-1]["env_step"] == FROZEN_STEPS, "the frozen run should use the whole budget"

@@ -1,0 +1,189 @@
+"""Runs a named grid of `sd2ail-reward train` runs to the end, across as many sittings as it takes.
+
+    python benchmarks/grid.py run hopper-evidence --parallel 2     # start or resume (foreground)
+    nohup python benchmarks/grid.py run hopper-evidence > runs/grid.log 2>&1 &
+    python benchmarks/grid.py status hopper-evidence               # where every run stands
+    python benchmarks/grid.py list                                 # the grids
+
+Every run lives in `runs/grid/<run name>/`. `run` skips the finished ones (summary.json at the
+full budget), resumes the started ones (`train --resume`, from their last SAC checkpoint and the
+server checkpoint paired with it) and starts the rest, at most `--parallel` at a time, each
+under an exclusive lock (a second `run` of the same grid leaves a running run alone). After each
+run ends, `benchmarks/results/runs.csv` is rebuilt from all run directories
+(`benchmarks/runs_csv.py`). A run killed with the machine is resumed by the next `run`; that is
+the whole resume story (`scripts/resume_runs.sh` starts the grids in order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parents[1]
+GRID_ROOT = REPO / "runs" / "grid"
+
+HOPPER = ["--env", "Hopper-v5", "--demos", "demos/Hopper-v5.zarr", "--num-demos", "1"]
+PENDULUM = ["--env", "Pendulum-v1", "--demos", "demos/Pendulum-v1.zarr", "--demo-episodes", "6"]
+DISC_RATIO = "0.25"
+"""Discriminator updates per env step of the imitation grids: the paper's 1.0 costs ~120 ms per
+env step here against ~33 ms at 0.25 (issue "Training cost"), 7 h against 2 h per 200k run."""
+
+
+@dataclass(frozen=True)
+class GridRun:
+    name: str
+    args: tuple[str, ...]
+    steps: int
+
+    @property
+    def run_dir(self) -> Path:
+        return GRID_ROOT / self.name
+
+    def command(self) -> list[str]:
+        base = [sys.executable, "-m", "sd2ail_reward.cli", "train", "--no-progress"]
+        base += ["--run-dir", str(self.run_dir), "--steps", str(self.steps)]
+        if (self.run_dir / "config.json").exists():
+            return [*base, "--resume"]  # the stored config, extended to --steps
+        return [*base, *self.args]
+
+
+def hopper_evidence() -> list[GridRun]:
+    """Issue "Training explores again": the RL side alone on the true reward (2 recipes x 2
+    seeds x 100k), then the paper's algorithm alone (SD2AIL 3 seeds, DiffAIL 2 seeds, 200k)."""
+    controls = [
+        GridRun(
+            f"hopper-envreward-{recipe}-seed{seed}",
+            (*HOPPER, "--reward", "env", "--sac-recipe", recipe, "--seed", str(seed),
+             "--eval-every", "5000"),
+            100_000,
+        )  # fmt: skip
+        for seed in (0, 1)
+        for recipe in ("reference", "expert")
+    ]
+    imitation = [("sd2ail", 0), ("sd2ail", 1), ("diffail", 0), ("sd2ail", 2), ("diffail", 1)]
+    imitation_runs = [
+        GridRun(
+            f"hopper-{algo}-1demo-seed{seed}",
+            (*HOPPER, "--algo", algo, "--seed", str(seed), "--eval-every", "5000",
+             f"--server-arg=--updates-per-transition={DISC_RATIO}"),
+            200_000,
+        )  # fmt: skip
+        for algo, seed in imitation
+    ]
+    # the longest run first, so that one slot carries it while the other does the controls
+    return [imitation_runs[0], *controls, *imitation_runs[1:]]
+
+
+def pendulum_ablation() -> list[GridRun]:
+    """Issue "Does SD2AIL beat its ablations": 6 algorithms x 5 seeds, 20k env steps, the
+    Pendulum CI settings' demo (store episode 6, a swing-up)."""
+    algos = ("sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc")
+    return [
+        GridRun(
+            f"pendulum-{algo}-1demo-seed{seed}",
+            (*PENDULUM, "--algo", algo, "--seed", str(seed), "--start-steps", "1000",
+             "--chunk", "200", "--eval-every", "1000"),
+            20_000,
+        )  # fmt: skip
+        for seed in range(5)
+        for algo in algos
+    ]
+
+
+GRIDS = {"hopper-evidence": hopper_evidence, "pendulum-ablation": pendulum_ablation}
+
+
+def finished(run: GridRun) -> bool:
+    summary = run.run_dir / "summary.json"
+    if not summary.exists():
+        return False
+    config = json.loads((run.run_dir / "config.json").read_text())
+    done = json.loads(summary.read_text())["env_steps"]
+    return config.get("algo") == "bc" or done >= run.steps
+
+
+def try_lock(run: GridRun) -> IO[str] | None:
+    """An exclusive lock on the run, held while the returned file is open (and released by
+    the OS when its holder dies); None when another runner holds it."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    f = (run.run_dir / ".grid-lock").open("w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def rebuild_runs_csv() -> None:
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "runs_csv.py")], check=False)
+
+
+def run_grid(runs: list[GridRun], parallel: int, nice: int) -> None:
+    pending = [r for r in runs if not finished(r)]
+    active: list[tuple[GridRun, subprocess.Popen[bytes], IO[str]]] = []
+    while pending or active:
+        while pending and len(active) < parallel:
+            run = pending.pop(0)
+            lock = try_lock(run)
+            if lock is None:
+                print(f"{run.name}: held by another runner, skipped", flush=True)
+                continue
+            cmd = run.command()
+            print(f"{time.strftime('%H:%M:%S')} start {run.name}: {' '.join(cmd)}", flush=True)
+            log = (run.run_dir / "train.log").open("ab")
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: os.nice(nice),
+            )  # fmt: skip
+            active.append((run, proc, lock))
+        time.sleep(5)
+        for entry in list(active):
+            run, proc, lock = entry
+            if proc.poll() is None:
+                continue
+            active.remove(entry)
+            lock.close()
+            print(f"{time.strftime('%H:%M:%S')} end {run.name}: exit {proc.returncode}", flush=True)
+            rebuild_runs_csv()
+
+
+def status(runs: list[GridRun]) -> None:
+    for run in runs:
+        metrics = run.run_dir / "metrics.csv"
+        rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
+        last = rows[-1].split(",")[:2] if rows else ["-", "-"]
+        state = "done" if finished(run) else ("started" if rows else "pending")
+        print(f"{run.name:45s} {state:8s} step {last[0]:>7s} return {last[1]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="start or resume the grid's unfinished runs")
+    run_p.add_argument("grid", choices=sorted(GRIDS))
+    run_p.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    run_p.add_argument("--nice", type=int, default=10, help="niceness of the runs")
+    status_p = sub.add_parser("status", help="where each run of the grid stands")
+    status_p.add_argument("grid", choices=sorted(GRIDS))
+    sub.add_parser("list", help="the grids and their runs")
+    args = parser.parse_args()
+    if args.command == "list":
+        for name, make in GRIDS.items():
+            print(f"{name}: {len(make())} runs")
+    elif args.command == "status":
+        status(GRIDS[args.grid]())
+    else:
+        run_grid(GRIDS[args.grid](), args.parallel, args.nice)
+
+
+if __name__ == "__main__":
+    main()
