@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[agents,dev]"
+	$(BIN)/pip install -q -e ".[agents,dev,sb3,minari,ray]"
 	touch $(STAMP)
 
 venv: $(STAMP)
