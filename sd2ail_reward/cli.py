@@ -337,11 +337,67 @@ def add_demos_args(parser: argparse.ArgumentParser) -> None:
         "agents extra); see its --help",
         add_help=False,
     )
+    add_minari_args(sub)
+
+
+def add_minari_args(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`demos import-minari` / `export-minari` (sd2ail_reward/minari_io.py; minari extra)."""
+    imp = sub.add_parser(
+        "import-minari",
+        help="convert a Minari dataset (a local dataset id or its directory) to a demo store",
+    )
+    imp.add_argument("source", metavar="DATASET_ID_OR_PATH")
+    imp.add_argument("out", type=Path, metavar="OUT.zarr")
+    imp.add_argument("--episodes", type=int, nargs="+", help="Minari episode ids (default: all)")
+    imp.add_argument("--env-id", help="env id, for a dataset that records no env spec")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr")
+    exp = sub.add_parser("export-minari", help="write a demo store as a new local Minari dataset")
+    exp.add_argument("store", type=Path)
+    exp.add_argument("dataset_id", metavar="DATASET_ID", help="e.g. sd2ail/pendulum/expert-v0")
+    exp.add_argument("--data-format", choices=("hdf5", "arrow"), help="Minari storage format")
+
+
+def run_minari(args: argparse.Namespace) -> int:
+    from sd2ail_reward import minari_io
+
+    try:
+        if args.demos_command == "import-minari":
+            done = minari_io.import_minari(
+                args.source,
+                args.out,
+                episodes=args.episodes,
+                env_id=args.env_id,
+                overwrite=args.overwrite,
+            )
+            print(
+                f"{done.store}: {done.n_episodes} episodes, {done.n_steps} steps of "
+                f"{done.env_id} from Minari dataset {done.dataset_id}"
+            )
+            if done.unreplayable_episodes:
+                print(
+                    f"  episodes {list(done.unreplayable_episodes)} have no int64 reset seed "
+                    "(their Minari seeds are kept in attrs minari_seeds); `demos verify` "
+                    "cannot replay them"
+                )
+            if done.dropped_info_keys:
+                print(f"  per-step infos not kept: {list(done.dropped_info_keys)}")
+        else:
+            out = minari_io.export_minari(args.store, args.dataset_id, data_format=args.data_format)
+            print(
+                f"Minari dataset {out.dataset_id} at {out.path}: {out.n_episodes} episodes, "
+                f"{out.n_steps} steps of {out.env_id}"
+            )
+    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
+        print(f"sd2ail-reward demos: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_demos(args: argparse.Namespace) -> int:
     from sd2ail_reward.demos import inspect_demos, verify_demos
 
+    if args.demos_command in ("import-minari", "export-minari"):
+        return run_minari(args)
     try:
         if args.demos_command == "inspect":
             print(inspect_demos(args.store))
