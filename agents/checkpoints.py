@@ -140,3 +140,7 @@ def restore_sac_checkpoint(
     torch.set_rng_state(payload["torch_rng"])
     restore_buffer(buffer, {name: t.numpy() for name, t in payload["buffer"].items()})
     return TrainState(**checkpoint.meta)
+
+
+def sac_checkpoint_store(run_dir: Path) -> CheckpointStore:
+    return CheckpointStore(run_dir / "checkpoints", keep=2)

@@ -61,10 +61,19 @@ def hopper_evidence() -> list[GridRun]:
     controls = [
         GridRun(
             f"hopper-envreward-{recipe}-seed{seed}",
-            (*HOPPER, "--reward", "env", "--sac-recipe", recipe, "--seed", str(seed),
-             "--eval-every", "5000"),
+            (
+                *HOPPER,
+                "--reward",
+                "env",
+                "--sac-recipe",
+                recipe,
+                "--seed",
+                str(seed),
+                "--eval-every",
+                "5000",
+            ),
             100_000,
-        )  # fmt: skip
+        )
         for seed in (0, 1)
         for recipe in ("reference", "expert")
     ]
@@ -72,10 +81,18 @@ def hopper_evidence() -> list[GridRun]:
     imitation_runs = [
         GridRun(
             f"hopper-{algo}-1demo-seed{seed}",
-            (*HOPPER, "--algo", algo, "--seed", str(seed), "--eval-every", "5000",
-             f"--server-arg=--updates-per-transition={DISC_RATIO}"),
+            (
+                *HOPPER,
+                "--algo",
+                algo,
+                "--seed",
+                str(seed),
+                "--eval-every",
+                "5000",
+                f"--server-arg=--updates-per-transition={DISC_RATIO}",
+            ),
             200_000,
-        )  # fmt: skip
+        )
         for algo, seed in imitation
     ]
     # the longest run first, so that one slot carries it while the other does the controls
@@ -89,10 +106,21 @@ def pendulum_ablation() -> list[GridRun]:
     return [
         GridRun(
             f"pendulum-{algo}-1demo-seed{seed}",
-            (*PENDULUM, "--algo", algo, "--seed", str(seed), "--start-steps", "1000",
-             "--chunk", "200", "--eval-every", "1000"),
+            (
+                *PENDULUM,
+                "--algo",
+                algo,
+                "--seed",
+                str(seed),
+                "--start-steps",
+                "1000",
+                "--chunk",
+                "200",
+                "--eval-every",
+                "1000",
+            ),
             20_000,
-        )  # fmt: skip
+        )
         for seed in range(5)
         for algo in algos
     ]

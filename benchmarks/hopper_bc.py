@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agents.sac import TrainArgs, train  # noqa: E402
+from agents.recipes import TrainArgs  # noqa: E402
+from agents.train import train  # noqa: E402
 from sd2ail_reward.demos import read_demos  # noqa: E402
 
 FIELDS = ("seed", "epoch", "eval_return_mean", "eval_return_std", "eval_x_travelled")

@@ -59,9 +59,11 @@ def main() -> None:
     import torch
     from tianshou.data import ReplayBuffer
 
+    from agents.checkpoints import restore_sac_checkpoint, sac_checkpoint_store
     from agents.critic_check import finished_episodes, judged_q_and_returns
-    from agents.expert import load_checkpoint
-    from agents.sac import TrainArgs, box_spaces, make_sac, policy_obs_stats
+    from agents.networks import box_spaces, policy_obs_stats
+    from agents.recipes import TrainArgs
+    from agents.sac import make_sac
     from sd2ail_reward.checkpoint import CheckpointStore
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
@@ -76,10 +78,12 @@ def main() -> None:
     obs_space, act_space = box_spaces(args.env)
     demo_mean, demo_std = demos.obs.mean(axis=0), demos.obs.std(axis=0)
     rows = []
-    for checkpoint in sorted((ns.run_dir / "checkpoints").glob("step-*")):
+    store = sac_checkpoint_store(ns.run_dir)
+    for generation_dir in store.generations():
+        checkpoint = store.load(generation_dir.name)
         sac = make_sac(args, obs_space, act_space, None, policy_obs_stats(args, demos))
         buffer = ReplayBuffer(args.buffer_size)
-        state = load_checkpoint(checkpoint, sac, buffer)
+        state = restore_sac_checkpoint(checkpoint, sac, buffer)
         generation = CheckpointStore(ns.run_dir / "server").load(state.server_generation)
         learner = RewardLearner(RewardLearner.config_from_state(generation.state), demos)
         learner.load_state_dict(generation.state)
@@ -105,7 +109,7 @@ def main() -> None:
             rows.append(
                 {
                     "run": ns.run_dir.name,
-                    "checkpoint": checkpoint.name,
+                    "checkpoint": generation_dir.name,
                     "state": name,
                     "steps": joined.shape[1],
                     **{

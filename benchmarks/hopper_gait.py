@@ -72,7 +72,7 @@ def main() -> None:
 
     import torch
 
-    from agents.expert import deterministic_policy_fn, policy_from_spec
+    from agents.actors import deterministic_policy_fn, policy_from_spec
 
     torch.set_num_threads(1)
     spec = json.loads((REPO / "demos" / "Hopper-v5.expert.json").read_text())

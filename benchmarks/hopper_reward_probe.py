@@ -18,6 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,20 @@ def rollout(
     }
 
 
+def load_frozen_learner(checkpoint: str) -> Any:
+    """The latest server checkpoint's learner, on the demo episodes it was trained on."""
+    from sd2ail_reward.checkpoint import CheckpointStore
+    from sd2ail_reward.demos import read_demos
+    from sd2ail_reward.learner import RewardLearner
+
+    ckpt = CheckpointStore(checkpoint).load_latest()
+    demo_meta = ckpt.meta["demos"]
+    demos = read_demos(REPO / demo_meta["path"], episodes=demo_meta["selected_episodes"])
+    learner = RewardLearner(RewardLearner.config_from_state(ckpt.state), demos, seed=0)
+    learner.load_state_dict(ckpt.state)
+    return learner
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -72,9 +87,8 @@ def main() -> None:
     ns = parser.parse_args()
 
     import torch
-    from hopper_sac_episodes import load_frozen_learner  # the same loading, one place
 
-    from agents.expert import deterministic_policy_fn, policy_from_spec
+    from agents.actors import deterministic_policy_fn, policy_from_spec
 
     torch.set_num_threads(1)
     learner = load_frozen_learner(str(ns.run_dir / "server"))

@@ -38,7 +38,10 @@ def train_with_a_fixed_policy(run_dir: Path) -> None:
 
 
 def load_run(run_dir: Path) -> tuple[Any, dict[str, np.ndarray]]:
-    from agents.sac import TrainArgs, box_spaces, make_sac, sac_checkpoint_store
+    from agents.checkpoints import sac_checkpoint_store
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import make_sac
 
     checkpoint = sac_checkpoint_store(run_dir).load_latest()
     args = TrainArgs(env="Pendulum-v1", hidden_sizes=(32, 32), lr=0.0)
@@ -75,7 +78,7 @@ def test_training_samples_actions_and_evaluation_takes_the_mean(tmp_path: Path) 
     from tianshou.data import Collector, CollectStats
     from tianshou.env import DummyVectorEnv
 
-    from agents.expert import evaluate
+    from agents.evaluation import evaluate
 
     run_dir = tmp_path / "run"
     train_with_a_fixed_policy(run_dir)

@@ -184,7 +184,7 @@ class _SlowServer:
 
 
 def test_agent_keeps_waiting_while_the_discriminator_catches_up() -> None:
-    from agents.sac import wait_for_discriminator
+    from agents.local_server import wait_for_discriminator
 
     slow = _SlowServer(misses=3, progress=True)
     assert wait_for_discriminator(slow, round_s=0.01) == {"model_version": 300}  # type: ignore[arg-type]
@@ -199,7 +199,8 @@ def test_sac_entropy_target_defaults_to_the_references_and_follows_the_flag() ->
 
     import gymnasium as gym
 
-    from agents.sac import add_train_args, args_from_namespace, make_sac
+    from agents.recipes import add_train_args, args_from_namespace
+    from agents.sac import make_sac
 
     def target_entropy(*flags: str) -> float:
         parser = argparse.ArgumentParser()
@@ -220,8 +221,8 @@ def test_sac_entropy_target_defaults_to_the_references_and_follows_the_flag() ->
 def test_sac_recipe_sets_every_field_and_single_flags_override_it() -> None:
     import argparse
 
-    from agents.sac import DEFAULT_RECIPE, SAC_RECIPES, TrainArgs, add_train_args
-    from agents.sac import args_from_namespace as from_ns
+    from agents.recipes import DEFAULT_RECIPE, SAC_RECIPES, TrainArgs, add_train_args
+    from agents.recipes import args_from_namespace as from_ns
 
     parser = argparse.ArgumentParser()
     add_train_args(parser)
@@ -256,8 +257,9 @@ def test_evaluation_measures_distance_travelled_so_standing_is_visible() -> None
 
     import torch
 
-    from agents.expert import deterministic_policy_fn, policy_from_spec
-    from agents.sac import TrainArgs, make_eval_envs, mean_travelled
+    from agents.actors import deterministic_policy_fn, policy_from_spec
+    from agents.evaluation import make_eval_envs, mean_travelled
+    from agents.recipes import TrainArgs
 
     spec = json.loads((REPO / "demos" / "Hopper-v5.expert.json").read_text())
     expert = deterministic_policy_fn(
@@ -301,7 +303,7 @@ def test_evaluation_measures_distance_travelled_so_standing_is_visible() -> None
 def test_reference_recipe_normalises_sac_observations_on_hopper_only() -> None:
     import argparse
 
-    from agents.sac import add_train_args, args_from_namespace, policy_sees_normalized_obs
+    from agents.recipes import add_train_args, args_from_namespace, policy_sees_normalized_obs
 
     parser = argparse.ArgumentParser()
     add_train_args(parser)
@@ -323,13 +325,8 @@ def test_normalising_networks_equal_plain_ones_on_normalised_inputs() -> None:
 
     import torch
 
-    from agents.expert import (
-        InputScaledNet,
-        deterministic_policy_fn,
-        make_actor,
-        make_critic,
-        policy_from_spec,
-    )
+    from agents.actors import deterministic_policy_fn, policy_from_spec
+    from agents.networks import InputScaledNet, make_actor, make_critic
 
     rng = np.random.default_rng(0)
     mean = rng.normal(size=11).astype(np.float32)
@@ -369,7 +366,7 @@ def test_normalising_networks_equal_plain_ones_on_normalised_inputs() -> None:
 
 
 def test_a_resumed_run_starts_from_its_last_evaluation(tmp_path: Path) -> None:
-    from agents.sac import last_evaluation_return
+    from agents.run_files import last_evaluation_return
 
     metrics = tmp_path / "metrics.csv"
     assert np.isnan(last_evaluation_return(metrics))  # no evaluation yet
@@ -400,13 +397,9 @@ def test_bc_baseline_learns_hopper_from_one_demo(tmp_path: Path) -> None:
 def test_bc_init_moves_the_actor_onto_the_demo_actions() -> None:
     import torch
 
-    from agents.sac import (
-        TrainArgs,
-        box_spaces,
-        initialise_actor_by_cloning,
-        make_sac,
-        policy_obs_stats,
-    )
+    from agents.networks import box_spaces, policy_obs_stats
+    from agents.recipes import TrainArgs
+    from agents.sac import initialise_actor_by_cloning, make_sac
     from sd2ail_reward.demos import read_demos
 
     demos = read_demos(HOPPER, num_episodes=1)
@@ -448,7 +441,9 @@ def test_actor_hold_freezes_the_actor_while_the_critics_learn() -> None:
     import torch
     from tianshou.utils.torch_utils import policy_within_training_step
 
-    from agents.sac import ActorOptimizer, TrainArgs, box_spaces, make_sac
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import ActorOptimizer, make_sac
 
     obs_space, act_space = box_spaces("Pendulum-v1")
     torch.manual_seed(0)
@@ -478,7 +473,9 @@ def test_bc_weight_pulls_sac_actor_onto_the_demo_actions() -> None:
     import torch
     from tianshou.utils.torch_utils import policy_within_training_step
 
-    from agents.sac import TrainArgs, box_spaces, make_sac, wrap_actor_optimizer
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import make_sac, wrap_actor_optimizer
     from sd2ail_reward.demos import read_demos
 
     demos = read_demos(HOPPER, num_episodes=1)
@@ -513,7 +510,9 @@ def test_relabelling_scores_the_actions_the_env_received() -> None:
     from tianshou.env import DummyVectorEnv
     from tianshou.utils.torch_utils import policy_within_training_step
 
-    from agents.sac import TrainArgs, box_spaces, make_sac
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import make_sac
 
     env_actions: list[np.ndarray] = []
     scored: list[np.ndarray] = []
@@ -551,7 +550,9 @@ def test_critic_layer_norm_bounds_q_far_from_the_data() -> None:
     the data; with it (--critic-layer-norm) Q stays bounded however far the state is."""
     import torch
 
-    from agents.sac import TrainArgs, box_spaces, make_sac
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import make_sac
 
     obs_space, act_space = box_spaces("Hopper-v5")
     direction = torch.randn(64, 11, generator=torch.Generator().manual_seed(0))
