@@ -31,7 +31,9 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -86,6 +88,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     if args.algo == "bc" and args.reward != "env":
         return train_bc(args, demos, expert)
     checkpoint = latest_sac_checkpoint(run_dir) if args.resume else None
+    record_session(run_dir, checkpoint.step if checkpoint is not None else 0)
     if args.reward == "env":
         return train_sac(args, run_dir, None, expert, demos, checkpoint)
 
@@ -101,6 +104,42 @@ def train(args: TrainArgs) -> dict[str, float]:
         client.close()
         if server is not None:
             server.stop()
+
+
+def record_session(run_dir: Path, from_step: int) -> None:
+    """Appends this sitting to provenance.json: the code (git commit) that trained from which
+    step, so a results table can say what each run was measured with."""
+    path = run_dir / "provenance.json"
+    provenance = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    provenance["sessions"].append(
+        {
+            "commit": git_commit(),
+            "from_step": from_step,
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "collection": "stochastic",  # training actions sampled (fixed in a2cca08)
+            "torch": torch.__version__,
+            "host_cpus": os.cpu_count(),
+        }
+    )
+    write_json(path, provenance)
+
+
+def git_commit() -> str:
+    """HEAD of the repository this code runs from ("unknown" outside a git checkout), with
+    "+dirty" when tracked files differ from it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--", "agents", "sd2ail_reward"],
+            timeout=10,
+        ).returncode  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def resumed_args(args: TrainArgs) -> TrainArgs:

@@ -5,7 +5,7 @@
     python benchmarks/grid.py status hopper-evidence               # where every run stands
     python benchmarks/grid.py list                                 # the grids
 
-Every run lives in `runs/grid/<run name>/`. `run` skips the finished ones (summary.json at the
+Every run lives in `$SD2AIL_GRID_ROOT/<run name>/` (default `~/sd2ail-runs/grid`). `run` skips the finished ones (summary.json at the
 full budget), resumes the started ones (`train --resume`, from their last SAC checkpoint and the
 server checkpoint paired with it) and starts the rest, at most `--parallel` at a time, each
 under an exclusive lock (a second `run` of the same grid leaves a running run alone). After each
@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
-GRID_ROOT = REPO / "runs" / "grid"
+GRID_ROOT = Path(os.environ.get("SD2AIL_GRID_ROOT", Path.home() / "sd2ail-runs" / "grid"))
+"""Outside the work tree, which a new session lays anew: a machine handed to the next session
+keeps this, so its runs resume there; their results are archived in the repo as they go
+(`benchmarks/runs_csv.py`)."""
 
 HOPPER = ["--env", "Hopper-v5", "--demos", "demos/Hopper-v5.zarr", "--num-demos", "1"]
 PENDULUM = ["--env", "Pendulum-v1", "--demos", "demos/Pendulum-v1.zarr", "--demo-episodes", "6"]
