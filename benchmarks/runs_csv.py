@@ -1,0 +1,182 @@
+"""`benchmarks/results/runs.csv`: one row per training run, from the runs' own files.
+
+    python benchmarks/runs_csv.py                  # archive the grid's runs, rebuild runs.csv
+    python benchmarks/runs_csv.py --readme         # ... and the README's results table
+
+Two steps. First each run directory under the grid root (`benchmarks/grid.py`), and any given
+with `--run-dir`, is archived into `benchmarks/results/runs/<run name>/` (config.json,
+metrics.csv, summary.json, timings.json, provenance.json: a few KB, committed), so the evidence
+outlives the machine the run trained on. Then runs.csv is rebuilt from the archive alone, so
+anyone can rebuild it from a clone. A run still training (its last
+evaluation so far) or one stopped short of its budget has status `partial`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.grid import GRID_ROOT, GRIDS  # noqa: E402
+
+ARCHIVE = REPO / "benchmarks" / "results" / "runs"
+RUNS_CSV = REPO / "benchmarks" / "results" / "runs.csv"
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "timings.json", "provenance.json")
+COLUMNS = (
+    "run", "env", "num_demos", "algo", "reward", "recipe", "extra_terms", "disc_ratio", "seed",
+    "env_steps", "budget", "status", "best_return", "final_return", "expert_return",
+    "best_step", "wall_s", "collection", "commit",
+)  # fmt: skip
+README_BEGIN, README_END = "<!-- runs.csv:begin -->", "<!-- runs.csv:end -->"
+
+
+def archive(run_dir: Path) -> None:
+    if not (run_dir / "metrics.csv").exists():
+        return
+    target = ARCHIVE / run_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, target / name)
+
+
+def budgets() -> dict[str, int]:
+    """Each grid run's intended env steps (a run's config holds only the steps of its last
+    sitting)."""
+    return {run.name: run.steps for make in GRIDS.values() for run in make()}
+
+
+def disc_ratio(config: dict[str, Any]) -> str:
+    if config.get("reward") == "env" or config.get("algo") == "bc":
+        return ""
+    for arg in config.get("server_args") or ():
+        if arg.startswith("--updates-per-transition="):
+            return arg.split("=", 1)[1]
+    return "1.0"  # the server's default, the paper's 1 discriminator update per env step
+
+
+def extra_terms(config: dict[str, Any]) -> str:
+    """What the run adds to the paper's algorithm (none for the paper's recipe)."""
+    terms = [
+        f"{key}={config[key]}"
+        for key in ("bc_init_epochs", "bc_weight", "actor_hold_updates")
+        if config.get(key)
+    ]
+    if config.get("critic_layer_norm"):
+        terms.append("critic_layer_norm")
+    return ";".join(terms) or "none"
+
+
+def expert_return(config: dict[str, Any], summary: dict[str, Any]) -> float:
+    if "expert_return" in summary:
+        return float(summary["expert_return"])
+    from sd2ail_reward.demos import read_demos
+
+    demos = read_demos(
+        REPO / config["demos"],
+        num_episodes=config.get("num_demos"),
+        episodes=config.get("demo_episodes"),
+    )
+    return float(demos.episode_returns.mean())
+
+
+def row_of(run: Path, budget: dict[str, int]) -> dict[str, Any]:
+    config = json.loads((run / "config.json").read_text())
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    provenance_path = run / "provenance.json"
+    sessions = (
+        json.loads(provenance_path.read_text())["sessions"] if provenance_path.exists() else []
+    )
+    returns = [float(r["eval_return_mean"]) for r in rows]
+    best = max(range(len(returns)), key=lambda i: returns[i])
+    steps = int(rows[-1]["env_step"])
+    target = budget.get(run.name, int(config["steps"]))
+    bc = config.get("algo") == "bc" and config.get("reward") != "env"
+    status = "finished" if steps >= target or (bc and summary) else "partial"
+    return {
+        "run": run.name,
+        "env": config["env"],
+        "num_demos": len(config["demo_episodes"])
+        if config.get("demo_episodes")
+        else config["num_demos"],
+        "algo": "sac" if config.get("reward") == "env" else config["algo"],
+        "reward": config.get("reward", "learned"),
+        "recipe": config.get("sac_recipe", "reference"),
+        "extra_terms": extra_terms(config),
+        "disc_ratio": disc_ratio(config),
+        "seed": config["seed"],
+        "env_steps": steps,
+        "budget": target,
+        "status": status,
+        "best_return": round(returns[best], 1),
+        "final_return": round(returns[-1], 1),
+        "expert_return": round(expert_return(config, summary), 1),
+        "best_step": int(rows[best]["env_step"]),
+        "wall_s": round(float(rows[-1].get("wall_time") or math.nan), 0),
+        "collection": sessions[0]["collection"] if sessions else "deterministic",
+        "commit": sessions[0]["commit"] if sessions else "",
+    }
+
+
+def build() -> list[dict[str, Any]]:
+    budget = budgets()
+    runs = sorted(p for p in ARCHIVE.iterdir() if (p / "metrics.csv").exists())
+    out = [row_of(run, budget) for run in runs]
+    RUNS_CSV.parent.mkdir(parents=True, exist_ok=True)
+    with RUNS_CSV.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(out)
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's table: one line per run, grouped as runs.csv sorts them."""
+    lines = [
+        "| env | algo | reward | recipe | extra terms | disc:SAC | seed | env steps | status "
+        "| best (step) | final | expert |",
+        "|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['env']} | {r['algo']} | {r['reward']} | {r['recipe']} | {r['extra_terms']} "
+            f"| {r['disc_ratio'] or '-'} | {r['seed']} | {r['env_steps']:,} / {r['budget']:,} "
+            f"| {r['status']} | {r['best_return']:.0f} ({r['best_step'] // 1000}k) "
+            f"| {r['final_return']:.0f} | {r['expert_return']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(table: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END)
+    readme.write_text(text[: start + len(README_BEGIN)] + "\n" + table + "\n" + text[end:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, action="append", default=[])
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    args = parser.parse_args()
+    sources = sorted(GRID_ROOT.iterdir()) if GRID_ROOT.is_dir() else []
+    for run_dir in [*sources, *args.run_dir]:
+        archive(run_dir)
+    rows = build()
+    print(markdown(rows))
+    if args.readme:
+        update_readme(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
