@@ -57,6 +57,18 @@ SAC_RECIPES: dict[str, SacRecipe] = {
 
 DEFAULT_RECIPE = "reference"
 
+PENDULUM_CI_FLAGS: tuple[str, ...] = (
+    "--env", "Pendulum-v1", "--demos", "demos/Pendulum-v1.zarr", "--demo-episodes", "6",
+    "--start-steps", "1000", "--chunk", "250", "--eval-every", "1000", "--eval-episodes", "10",
+    "--hidden-sizes", "128", "128",
+    "--server-arg=--hidden-dim=64", "--server-arg=--expert-batch=128",
+    "--server-arg=--agent-batch=128", "--server-arg=--candidates-per-update=128",
+)  # fmt: skip
+"""Pendulum-v1 from ONE demo (store episode 6, a swing-up) on a budget that fits CI: a 2 x 128
+SAC, a 3 x 64 denoiser, 128 expert + 128 agent + 896 pseudo rows per update, 128 candidates
+per update (the paper's Hopper settings: 2 x 256, 3 x 256, 256 + 256 + 1792, 256). The CI
+learning test and its calibration grid (`benchmarks/grid.py pendulum-ci`) both run these."""
+
 
 @dataclass(frozen=True)
 class TrainArgs:

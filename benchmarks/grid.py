@@ -1,17 +1,16 @@
-"""Runs a named grid of `sd2ail-reward train` runs to the end, across as many sittings as it takes.
+"""Runs named grids of `sd2ail-reward train` runs to the end, across as many sittings as it takes.
 
-    python benchmarks/grid.py run hopper-evidence --parallel 2     # start or resume (foreground)
-    nohup python benchmarks/grid.py run hopper-evidence > runs/grid.log 2>&1 &
-    python benchmarks/grid.py status hopper-evidence               # where every run stands
-    python benchmarks/grid.py list                                 # the grids
+    python benchmarks/grid.py run hopper-evidence pendulum-ci --parallel 2   # start or resume
+    python benchmarks/grid.py status hopper-evidence                         # where runs stand
+    python benchmarks/grid.py list                                           # the grids
+    scripts/resume_runs.sh        # the session-start command: every grid, in order, nohup
 
-Every run lives in `$SD2AIL_GRID_ROOT/<run name>/` (default `~/sd2ail-runs/grid`). `run` skips the finished ones (summary.json at the
-full budget), resumes the started ones (`train --resume`, from their last SAC checkpoint and the
-server checkpoint paired with it) and starts the rest, at most `--parallel` at a time, each
-under an exclusive lock (a second `run` of the same grid leaves a running run alone). After each
-run ends, `benchmarks/results/runs.csv` is rebuilt from all run directories
-(`benchmarks/runs_csv.py`). A run killed with the machine is resumed by the next `run`; that is
-the whole resume story (`scripts/resume_runs.sh` starts the grids in order).
+Every run lives in `$SD2AIL_GRID_ROOT/<run name>/` (default `~/sd2ail-runs/grid`). `run` skips
+the finished ones (summary.json at the full budget), resumes the started ones (`train --resume`,
+from their last SAC checkpoint and the server checkpoint paired with it) and starts the rest,
+in the order given, at most `--parallel` at a time, each under an exclusive lock (a second
+`run` leaves a running run alone). After each run ends, its files are archived in the repo and
+`benchmarks/results/runs.csv` rebuilt (`benchmarks/runs_csv.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agents.recipes import PENDULUM_CI_FLAGS  # noqa: E402
+
 GRID_ROOT = Path(os.environ.get("SD2AIL_GRID_ROOT", Path.home() / "sd2ail-runs" / "grid"))
 """Outside the work tree, which a new session lays anew: a machine handed to the next session
 keeps this, so its runs resume there; their results are archived in the repo as they go
@@ -129,7 +132,29 @@ def pendulum_ablation() -> list[GridRun]:
     ]
 
 
-GRIDS = {"hopper-evidence": hopper_evidence, "pendulum-ablation": pendulum_ablation}
+def pendulum_ci() -> list[GridRun]:
+    """Calibration of the CI learning test (`tests/test_learning_pendulum.py`): its settings
+    on 3 seeds over the whole budget, and the frozen-discriminator control."""
+    runs = [
+        GridRun(f"pendulum-ci-sd2ail-seed{seed}", (*PENDULUM_CI_FLAGS, "--seed", str(seed)), 15_000)
+        for seed in (0, 1, 2)
+    ]
+    runs += [
+        GridRun(
+            f"pendulum-ci-frozen-seed{seed}",
+            (*PENDULUM_CI_FLAGS, "--seed", str(seed), "--reward", "frozen"),
+            8_000,
+        )
+        for seed in (0, 1, 2)
+    ]
+    return runs
+
+
+GRIDS = {
+    "hopper-evidence": hopper_evidence,
+    "pendulum-ci": pendulum_ci,
+    "pendulum-ablation": pendulum_ablation,
+}
 
 
 def finished(run: GridRun) -> bool:
@@ -200,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="start or resume the grid's unfinished runs")
-    run_p.add_argument("grid", choices=sorted(GRIDS))
+    run_p.add_argument("grids", nargs="+", choices=sorted(GRIDS), metavar="GRID")
     run_p.add_argument("--parallel", type=int, default=2, help="runs at a time")
     run_p.add_argument("--nice", type=int, default=10, help="niceness of the runs")
     status_p = sub.add_parser("status", help="where each run of the grid stands")
@@ -213,7 +238,7 @@ def main() -> None:
     elif args.command == "status":
         status(GRIDS[args.grid]())
     else:
-        run_grid(GRIDS[args.grid](), args.parallel, args.nice)
+        run_grid([run for grid in args.grids for run in GRIDS[grid]()], args.parallel, args.nice)
 
 
 if __name__ == "__main__":

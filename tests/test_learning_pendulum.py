@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from agents.recipes import PENDULUM_CI_FLAGS
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = -300.0
 """The issue's bar: the expert scores about -150, a policy that never swings up below -700."""
@@ -34,14 +36,7 @@ FROZEN_STEPS = 8_000
 steps, -1566 at 12k), so a shorter run keeps the suite's time down without flattering it."""
 SEED = "1"
 
-PENDULUM_CI = [
-    "--env", "Pendulum-v1", "--demos", str(REPO / "demos" / "Pendulum-v1.zarr"),
-    "--demo-episodes", "6", "--start-steps", "1000",
-    "--chunk", "250", "--eval-every", "1000", "--eval-episodes", "10", "--no-progress",
-    "--hidden-sizes", "128", "128",
-    "--server-arg=--hidden-dim=64", "--server-arg=--expert-batch=128",
-    "--server-arg=--agent-batch=128", "--server-arg=--candidates-per-update=128",
-]  # fmt: skip
+PENDULUM_CI = [*PENDULUM_CI_FLAGS, "--no-progress"]
 
 
 def train(run_dir: Path, *extra: str) -> list[dict[str, float]]:
