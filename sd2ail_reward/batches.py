@@ -1,7 +1,8 @@
 """Validation of transition batches at the library's edge.
 
-Every public entry point (learner, server) validates with these functions, so a bad batch is
-refused with one message format, before any state changes.
+The one validation path for transitions: the learner, its scoring snapshots and (through
+them) the server validate with `check_transitions`, so a bad batch is refused with one message
+format, before any state changes.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TransitionBatch:
-    """Validated float32 batch; `next_obs_BO` and `done_B` may be absent."""
+    """Validated float32 batch; `next_obs_BO` may be absent."""
 
     obs_BO: np.ndarray
     act_BA: np.ndarray
     next_obs_BO: np.ndarray | None
-    done_B: np.ndarray | None
 
     def __len__(self) -> int:
         return int(self.obs_BO.shape[0])
@@ -46,14 +46,15 @@ def check_transitions(
     obs: object,
     act: object,
     next_obs: object | None,
-    done: object | None,
     *,
     obs_dim: int,
     act_dim: int,
     require_next_obs: bool = False,
     max_rows: int | None = None,
 ) -> TransitionBatch:
-    """Validate a batch of (obs, act[, next_obs, done]) with one batch size B."""
+    """Validate a batch of (obs, act[, next_obs]) with one batch size B, or raise ValueError.
+
+    Episode ends are not part of a transition here: the discriminator scores (s, a[, s'])."""
     obs_BO = as_matrix("obs", obs, obs_dim, max_rows=max_rows)
     act_BA = as_matrix("action", act, act_dim, max_rows=max_rows)
     rows = obs_BO.shape[0]
@@ -67,10 +68,8 @@ def check_transitions(
                 f"next_obs: expected {rows} rows to match obs, got {next_obs_BO.shape[0]}"
             )
     elif require_next_obs:
-        raise ValueError("next_obs: required by this (state-only) discriminator, got none")
-    done_B = None
-    if done is not None:
-        done_B = np.asarray(done, dtype=np.float32).reshape(-1)
-        if done_B.shape[0] != rows or not np.isfinite(done_B).all():
-            raise ValueError(f"done: expected {rows} finite values, got shape {done_B.shape}")
-    return TransitionBatch(obs_BO=obs_BO, act_BA=act_BA, next_obs_BO=next_obs_BO, done_B=done_B)
+        raise ValueError(
+            "next_obs: required by this state-only discriminator "
+            "(GetInfo.requires_next_obs on a server), got none"
+        )
+    return TransitionBatch(obs_BO=obs_BO, act_BA=act_BA, next_obs_BO=next_obs_BO)

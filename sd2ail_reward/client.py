@@ -5,6 +5,12 @@
   yet, shutting down) is retried, with jittered exponential backoff; every other status raises
   `RewardServiceError` at once (INVALID_ARGUMENT as `RewardInvalidArgumentError`, which is
   also a ValueError, like the learner's own validation errors).
+* Readiness: a server answers as soon as it listens but serves only once its learner is loaded
+  and warm (grpc.health.v1 SERVING). The first call of a process, and the first after an
+  UNAVAILABLE, waits for SERVING within that call's own deadline, so a user's first `step()`
+  against a server that is still loading succeeds instead of failing; when the deadline passes
+  first, the error (FAILED_PRECONDITION, the contract's "not ready") says the server was not
+  ready, and why.
 * Pushes carry ``(client_id, sequence)``: the client numbers its pushes itself, so a retried push
   is ingested once by the server.
 * Fork safe and picklable: the channel is created lazily, per process id. A client created
@@ -30,6 +36,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sd2ail_reward.convert import decode_reward, to_tensor
 from sd2ail_reward.rpc import reward_pb2, reward_pb2_grpc
@@ -50,6 +57,10 @@ _ORPHANED: list[Any] = []
 not support using or tearing down a parent's channel there)."""
 
 _R = TypeVar("_R")
+
+_POLL_S = (0.02, 0.25)
+"""First and largest pause between health checks while waiting for SERVING."""
+_SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class RewardServiceError(RuntimeError):
@@ -189,6 +200,8 @@ class RewardClient:
         self._pid: int | None = None
         self._channel: grpc.Channel | None = None
         self._stub: reward_pb2_grpc.RewardServiceStub | None = None
+        self._health: health_pb2_grpc.HealthStub | None = None
+        self._serving = False  # this process has seen the server SERVING since its last outage
         self._lock = threading.Lock()
         given = self._given_id if os.getpid() == self._owner_pid else None
         self._client_id: str = given or uuid.uuid4().hex
@@ -206,6 +219,8 @@ class RewardClient:
             if self._stub is None or self._pid != pid:
                 self._channel = self._make_channel()
                 self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+                self._health = health_pb2_grpc.HealthStub(self._channel)
+                self._serving = False
                 self._pid = pid
             return self._stub
 
@@ -235,7 +250,8 @@ class RewardClient:
         """Close this process's channel (a later call opens a new one)."""
         if self._pid == os.getpid() and self._channel is not None:
             self._channel.close()
-        self._channel = self._stub = None
+        self._channel = self._stub = self._health = None
+        self._serving = False
         self._pid = None
 
     def __enter__(self) -> RewardClient:
@@ -251,7 +267,16 @@ class RewardClient:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_channel", "_stub", "_lock", "_pid", "_client_id", "_sequence"):
+        for key in (
+            "_channel",
+            "_stub",
+            "_health",
+            "_serving",
+            "_lock",
+            "_pid",
+            "_client_id",
+            "_sequence",
+        ):
             state.pop(key, None)
         state["_owner_pid"] = -1  # an unpickled copy is never the owner of `client_id`
         return state
@@ -270,20 +295,68 @@ class RewardClient:
         method: str,
         invoke: Callable[[reward_pb2_grpc.RewardServiceStub, float], _R],
         timeout_s: float | None = None,
+        *,
+        needs_serving: bool = True,
     ) -> _R:
+        """One RPC with a deadline of `timeout_s` per attempt (readiness wait included),
+        retried on UNAVAILABLE only."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         delay = self.backoff_s
         for attempt in range(self.max_retries + 1):
             stub = self._ensure_process()
+            deadline = time.monotonic() + timeout
+            waited = needs_serving and not self._serving
             try:
-                return invoke(stub, timeout)
+                if waited:
+                    self._await_serving(timeout, deadline)
+                result = invoke(stub, max(deadline - time.monotonic(), 1e-3))
+                self._serving = self._serving or needs_serving
+                return result
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else None
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self._serving = False  # it may come back loading: wait for it again
+                if code == grpc.StatusCode.FAILED_PRECONDITION and waited:
+                    raise RewardServiceError(
+                        method,
+                        code,
+                        f"the reward server at {self.address} was not ready within the call's "
+                        f"{timeout:g} s deadline ({_error(method, err).details}); give the "
+                        "client a longer timeout_s or call wait_ready() first",
+                    ) from None
                 if code != grpc.StatusCode.UNAVAILABLE or attempt == self.max_retries:
                     raise _error(method, err) from None
             time.sleep(delay * (0.5 + 0.5 * random.random()))
             delay = min(2.0 * delay, self.backoff_max_s)
         raise AssertionError("unreachable")
+
+    def _await_serving(self, timeout: float, deadline: float) -> None:
+        """Poll grpc.health.v1 until SERVING, for most of the call's time: the last quarter
+        (at most 1 s) is left to the call itself, whose answer then says why the server is
+        not ready (still loading, or failed to load). UNAVAILABLE (nothing listening)
+        propagates, so the retry policy applies; without a health service (UNIMPLEMENTED) the
+        call just goes ahead."""
+        assert self._health is not None
+        give_up = deadline - min(0.25 * timeout, 1.0)
+        pause = _POLL_S[0]
+        while (remaining := give_up - time.monotonic()) > 0:
+            try:
+                reply = self._health.Check(
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=min(remaining, self.timeout_s),
+                )
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else None
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+                if code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+            else:
+                if reply.status == _SERVING:
+                    self._serving = True
+                    return
+            time.sleep(max(0.0, min(pause, give_up - time.monotonic())))
+            pause = min(2.0 * pause, _POLL_S[1])
 
     def info(self) -> ServerInfo:
         """Dims, env id, algorithm, limits, model version and readiness."""
@@ -292,6 +365,7 @@ class RewardClient:
             lambda stub, t: stub.GetInfo(
                 reward_pb2.GetInfoRequest(), timeout=t, metadata=self._metadata
             ),
+            needs_serving=False,  # how a caller learns about a server that is still loading
         )
         return ServerInfo(
             env_id=resp.env_id,
@@ -334,7 +408,6 @@ class RewardClient:
         obs: npt.ArrayLike,
         act: npt.ArrayLike,
         next_obs: npt.ArrayLike | None = None,
-        done: npt.ArrayLike | None = None,
     ) -> int:
         """Push agent transitions for training; returns the rows the server ingested (0 when
         the server had already ingested this push, i.e. a retry). Needs a write token."""
@@ -346,7 +419,6 @@ class RewardClient:
             obs=to_tensor(obs),
             action=to_tensor(act),
             next_obs=None if next_obs is None else to_tensor(next_obs),
-            done=None if done is None else to_tensor(np.asarray(done, np.float32).reshape(-1)),
             client_id=self._client_id,
             sequence=sequence,
         )
@@ -399,13 +471,10 @@ class RewardClient:
     def health(self, service: str = "") -> str:
         """The server's grpc.health.v1 status name: "SERVING", "NOT_SERVING", ...
         ("UNREACHABLE" when no server answers)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         self._ensure_process()
-        assert self._channel is not None
-        stub = health_pb2_grpc.HealthStub(self._channel)
+        assert self._health is not None
         try:
-            resp = stub.Check(
+            resp = self._health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s
             )
         except grpc.RpcError as err:

@@ -15,7 +15,8 @@ metadata serves stale shapes and an append then silently overwrites rows); ``epi
 written last, so it is the commit point: readers ignore rows beyond the last end, and a writer
 trims such leftovers of an interrupted append before appending again.
 
-This is the only module that imports zarr.
+This is the only module that imports zarr. The in-memory `DemoSet` lives in `demoset.py`
+(re-exported here), so the learner needs neither zarr nor gymnasium.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
 import zarr
+
+from sd2ail_reward.demoset import DemoSet, episode_returns
 
 __all__ = [
     "DemoSet",
@@ -61,9 +64,7 @@ _IDENTITY_ATTRS = ("env_id", "obs_dim", "act_dim", "action_low", "action_high", 
 """Attrs an append must agree with: a mismatch would mix demos that do not replay alike."""
 
 PathLike = str | os.PathLike[str]
-F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-Bool = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -77,58 +78,6 @@ class Episode:
     terminated: npt.NDArray[Any]
     truncated: npt.NDArray[Any]
     reset_seed: int
-
-
-@dataclass(frozen=True)
-class DemoSet:
-    """Episodes read from a store, flat over steps (rows of episode i: ``episode_slices()[i]``).
-
-    `attrs` are the store's root attrs plus ``selected_episodes``: the store indices of the
-    episodes held here, in order.
-    """
-
-    obs: F32
-    action: F32
-    next_obs: F32
-    reward: F32
-    terminated: Bool
-    truncated: Bool
-    episode_ends: I64
-    reset_seeds: I64
-    attrs: dict[str, Any]
-
-    @property
-    def env_id(self) -> str:
-        return str(self.attrs["env_id"])
-
-    @property
-    def n_episodes(self) -> int:
-        return int(self.episode_ends.shape[0])
-
-    @property
-    def obs_dim(self) -> int:
-        return int(self.obs.shape[1])
-
-    @property
-    def act_dim(self) -> int:
-        return int(self.action.shape[1])
-
-    @property
-    def action_low(self) -> F32:
-        return np.asarray(self.attrs["action_low"], dtype=np.float32)
-
-    @property
-    def action_high(self) -> F32:
-        return np.asarray(self.attrs["action_high"], dtype=np.float32)
-
-    @property
-    def episode_returns(self) -> npt.NDArray[np.float64]:
-        """Undiscounted return of each episode, summed in float64 from the stored rewards."""
-        return _returns(self.reward, self.episode_ends)
-
-    def episode_slices(self) -> list[slice]:
-        starts = np.concatenate([[0], self.episode_ends[:-1]])
-        return [slice(int(s), int(e)) for s, e in zip(starts, self.episode_ends, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -152,13 +101,6 @@ class VerifyReport:
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _returns(reward: npt.NDArray[Any], ends: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    if ends.shape[0] == 0:
-        return np.zeros(0, dtype=np.float64)
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-    return np.add.reduceat(reward[: int(ends[-1])].astype(np.float64), starts)
 
 
 def _numeric(x: Any, name: str, where: str, kinds: str) -> npt.NDArray[Any]:
@@ -477,7 +419,7 @@ def write_episodes(
     reward = np.asarray(_array(data, "reward", p)[: int(ends[-1])])
     extra.update(_versions())
     extra["schema_version"] = SCHEMA_VERSION
-    extra["episode_returns"] = [float(r) for r in _returns(reward, ends)]
+    extra["episode_returns"] = [float(r) for r in episode_returns(reward, ends)]
     root.attrs.update(extra)
 
 

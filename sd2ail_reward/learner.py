@@ -20,7 +20,7 @@ from torch import Tensor
 from sd2ail_reward.agent_buffer import AgentBuffer
 from sd2ail_reward.batches import check_transitions
 from sd2ail_reward.config import LearnerConfig, from_dict, to_dict
-from sd2ail_reward.demos import DemoSet
+from sd2ail_reward.demoset import DemoSet
 from sd2ail_reward.discriminator import (
     DiffusionDiscriminator,
     MLPDiscriminator,
@@ -60,16 +60,25 @@ class RewardModel:
     def act_dim(self) -> int:
         return self.normalizer.act_dim
 
-    def rows(self, obs: object, act: object, next_obs: object | None = None) -> np.ndarray:
-        """Validated discriminator rows of a batch, or ValueError."""
+    def rows(
+        self,
+        obs: object,
+        act: object,
+        next_obs: object | None = None,
+        *,
+        max_rows: int | None = None,
+    ) -> np.ndarray:
+        """Discriminator rows x_BD (float32) of an env-space batch, validated once here, or
+        ValueError. A server turns requests into rows in its handlers with this, so that the
+        batcher and the trainer only ever see valid rows."""
         batch = check_transitions(
             obs,
             act,
             next_obs,
-            None,
             obs_dim=self.obs_dim,
             act_dim=self.act_dim,
             require_next_obs=self.normalizer.state_only,
+            max_rows=max_rows,
         )
         return self.normalizer.rows(batch.obs_BO, batch.act_BA, batch.next_obs_BO)
 
@@ -198,6 +207,20 @@ class RewardLearner:
         return self.config.algo
 
     @property
+    def requires_next_obs(self) -> bool:
+        """True for a state-only discriminator, which scores (s, s')."""
+        return self.normalizer.state_only
+
+    @property
+    def action_low(self) -> np.ndarray:
+        """Env-space action bounds from the demo store (float32, (A,))."""
+        return self.normalizer.act_low_A
+
+    @property
+    def action_high(self) -> np.ndarray:
+        return self.normalizer.act_high_A
+
+    @property
     def model_version(self) -> int:
         """Increases by one with every discriminator update."""
         return self.n_updates
@@ -230,25 +253,20 @@ class RewardLearner:
         )
 
     # ---------------------------------------------------------------- training
-    def add_agent(
-        self,
-        obs: object,
-        act: object,
-        next_obs: object | None = None,
-        done: object | None = None,
-    ) -> int:
-        """Append agent transitions (env-space) to the agent buffer; returns rows added."""
-        batch = check_transitions(
-            obs,
-            act,
-            next_obs,
-            done,
-            obs_dim=self.obs_dim,
-            act_dim=self.act_dim,
-            require_next_obs=self.normalizer.state_only,
-        )
-        self.agent.add(self.normalizer.rows(batch.obs_BO, batch.act_BA, batch.next_obs_BO))
-        return len(batch)
+    def add_agent(self, obs: object, act: object, next_obs: object | None = None) -> int:
+        """Append agent transitions (env-space) to the agent buffer; returns rows added.
+        Raises ValueError on a malformed batch (nothing added)."""
+        return self.add_agent_rows(self._model().rows(obs, act, next_obs))
+
+    def add_agent_rows(self, x_BD: np.ndarray) -> int:
+        """Append rows made by `RewardModel.rows` of this learner or one of its snapshots
+        (already validated: a server validates in its handlers, the trainer only appends)."""
+        if x_BD.ndim != 2 or x_BD.shape[1] != self.normalizer.input_dim:
+            raise ValueError(
+                f"agent rows: expected shape (B, {self.normalizer.input_dim}), got {x_BD.shape}"
+            )
+        self.agent.add(x_BD)
+        return int(x_BD.shape[0])
 
     @property
     def ready_to_train(self) -> bool:

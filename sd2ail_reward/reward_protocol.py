@@ -5,8 +5,8 @@ structurally, and so can any test stub: the wrappers depend on these protocols o
 know whether the reward comes from the network or from the process.
 
 Shapes: B = batch, O = observation dim, A = action dim. Observations and actions are
-env-space float32 arrays, `obs_BO`, `act_BA`, `next_obs_BO`; `done_B` is 1.0 where the episode
-terminated (not truncated) at that transition.
+env-space float32 arrays, `obs_BO`, `act_BA`, `next_obs_BO`. Episode ends are not part of the
+contract: the discriminator scores (s, a[, s']) only.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ class TransitionPusher(Protocol):
         obs: np.ndarray,
         act: np.ndarray,
         next_obs: np.ndarray | None = None,
-        done: np.ndarray | None = None,
     ) -> object: ...
 
 
@@ -60,12 +59,11 @@ class AgentBufferSink(Protocol):
         obs: np.ndarray,
         act: np.ndarray,
         next_obs: np.ndarray | None = None,
-        done: np.ndarray | None = None,
     ) -> object: ...
 
 
-PushFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], object]
-"""`push(obs_BO, act_BA, next_obs_BO, done_B)`, positional."""
+PushFn = Callable[[np.ndarray, np.ndarray, np.ndarray], object]
+"""`push(obs_BO, act_BA, next_obs_BO)`, positional."""
 
 
 def push_function(source: object) -> PushFn | None:

@@ -19,7 +19,7 @@ Semantics (both wrappers):
   `info["sd2ail_reward"]`; both keys are present on every step and in the `reset()` info (0.0
   there), as float scalars (vector: float64 arrays plus `_key` masks). The wrapper adds no other
   keys; it does not equalise the wrapped env's own reset and step keys.
-- With `push=True` the scored transitions (obs, act, next_obs, done=terminated) are buffered and
+- With `push=True` the scored transitions (obs, act, next_obs) are buffered and
   handed to the source in batches of exactly `push_batch` rows: `RewardClient.push`, or
   `RewardLearner.add_agent` for an in-process learner (which the caller then trains with
   `learner.train(n)`). `close()` (or `flush()`) sends the last partial batch.
@@ -89,7 +89,7 @@ class _RewardLink:
         self._timeout_s = timeout_s
         self.push_enabled = push
         self.push_batch = push_batch
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_rows = 0
         self.n_pushed = 0
         self.n_reward_calls = 0
@@ -117,13 +117,11 @@ class _RewardLink:
             raise FloatingPointError("reward source returned a non-finite reward")
         return out
 
-    def record(
-        self, obs_BO: np.ndarray, act_BA: np.ndarray, next_obs_BO: np.ndarray, done_B: np.ndarray
-    ) -> None:
+    def record(self, obs_BO: np.ndarray, act_BA: np.ndarray, next_obs_BO: np.ndarray) -> None:
         """Buffer scored transitions; push every complete batch of `push_batch` rows."""
         if not self.push_enabled or obs_BO.shape[0] == 0:
             return
-        self._pending.append((obs_BO, act_BA, next_obs_BO, done_B.astype(np.float32)))
+        self._pending.append((obs_BO, act_BA, next_obs_BO))
         self._pending_rows += obs_BO.shape[0]
         if self._pending_rows >= self.push_batch:
             self._send(full_only=True)
@@ -137,20 +135,18 @@ class _RewardLink:
         push = push_function(self.source)
         if push is None:
             raise TypeError(f"{type(self.source).__name__} has neither push() nor add_agent()")
-        obs, act, next_obs, done = (
-            np.concatenate(part) for part in zip(*self._pending, strict=True)
-        )
+        obs, act, next_obs = (np.concatenate(part) for part in zip(*self._pending, strict=True))
         k, total = self.push_batch, obs.shape[0]
         end = (total // k) * k if full_only else total
         sent = 0
         try:
             while sent < end:
                 rows = slice(sent, min(sent + k, end))
-                push(obs[rows], act[rows], next_obs[rows], done[rows])
+                push(obs[rows], act[rows], next_obs[rows])
                 sent = rows.stop
                 self.n_pushed += rows.stop - rows.start
         finally:  # whatever was not pushed (a failed push included) stays buffered
-            self._pending = [(obs[sent:], act[sent:], next_obs[sent:], done[sent:])]
+            self._pending = [(obs[sent:], act[sent:], next_obs[sent:])]
             self._pending_rows = total - sent
             if sent == total:
                 self._pending = []
@@ -254,7 +250,7 @@ class SD2AILRewardWrapper(
             learned = reward
         else:
             reward, learned = 0.0, math.nan
-        self._link.record(obs_1O, act_1A, next_1O, np.array([terminated], np.float32))
+        self._link.record(obs_1O, act_1A, next_1O)
         info = {**info, ENV_REWARD_KEY: float(env_reward), SD2AIL_REWARD_KEY: learned}
         return next_obs, reward, terminated, truncated, info
 
@@ -366,8 +362,7 @@ class SD2AILVectorRewardWrapper(VectorWrapper):
         if scored_N.any():
             obs_BO, act_BA, next_BO = obs_NO[scored_N], act_NA[scored_N], next_obs_NO[scored_N]
             rewards_N[scored_N] = self._link.score(obs_BO, act_BA, next_BO)
-            done_B = np.asarray(terminated, dtype=np.float32)[scored_N]
-            self._link.record(obs_BO, act_BA, next_BO, done_B)
+            self._link.record(obs_BO, act_BA, next_BO)
         info = dict(info)
         info[ENV_REWARD_KEY] = np.array(env_rewards, dtype=np.float64, copy=True)
         info[f"_{ENV_REWARD_KEY}"] = np.ones(n, dtype=bool)

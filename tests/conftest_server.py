@@ -7,11 +7,6 @@ tiny model (the CI machine has 2 cores).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +17,7 @@ import pytest
 from factories import OBS_DIM, make_demos
 
 from sd2ail_reward.demos import Episode, read_demos, write_episodes
+from sd2ail_reward.spawn import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,70 +116,20 @@ def start_inprocess(learner: Any, **options: Any) -> Any:
 # ------------------------------------------------------------------------------ subprocesses
 
 
-class ServerProcess:
-    """`python -m sd2ail_reward.cli serve ...` on 127.0.0.1 with --port 0."""
+class ServerProcess(LocalServer):
+    """`sd2ail-reward serve` on 127.0.0.1 (port 0) through the library's `LocalServer`; for
+    tests: no token unless `token_file` is given, and back as soon as the port is known."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.args = args
-        self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._log_file = open(log, "ab")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sd2ail_reward.cli", "serve", *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=self._log_file,
-            env=env,
+    def __init__(self, args: list[str], log: Path, token_file: Path | None = None) -> None:
+        super().__init__(
+            args, token_file, log, auth=token_file is not None, wait_ready=False, cwd=REPO
         )
-        self.port = self._read_port(timeout_s=60.0)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _read_port(self, timeout_s: float) -> int:
-        found: list[int] = []
-        assert self.proc.stdout is not None
-        stdout = self.proc.stdout
-
-        def read() -> None:
-            for raw in stdout:
-                line = raw.decode().strip()
-                if line.startswith("SD2AIL_SERVER_PORT="):
-                    found.append(int(line.split("=", 1)[1]))
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        if not found:
-            self.proc.kill()
-            raise AssertionError(f"server printed no port; log:\n{self.log_text()}")
-        return found[0]
 
     def log_text(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log.read_text(errors="replace")
-
-    def client(self, **kwargs: Any) -> Any:
-        from sd2ail_reward.client import RewardClient
-
-        return RewardClient(self.address, **kwargs)
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 60.0) -> int:
-        code = self.proc.wait(timeout_s)
-        self._log_file.close()
-        return code
+        return self.log_tail(lines=1_000_000)
 
     def terminate(self, timeout_s: float = 60.0) -> int:
-        self.signal(signal.SIGTERM)
-        return self.wait(timeout_s)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.wait()
+        return self.stop(timeout_s)
 
 
 @pytest.fixture

@@ -159,8 +159,8 @@ def test_minimal_sac_raises_learned_reward_of_expert_behaviour(tmp_path: Path) -
     states, both on the demonstration and on expert episodes the server never saw."""
     seed = int(os.environ.get("SD2AIL_TEST_SEED", "0"))
     args = ["--demos", str(DEMOS), "--demo-episodes", str(TRAIN_EPISODE), "--seed", str(seed)]
-    args += ["--token-file", str(write_tokens(tmp_path / "tokens")), *SMALL_FLAGS, "--lr", "1e-3"]
-    server = ServerProcess(args, tmp_path / "server.log")
+    args += [*SMALL_FLAGS, "--lr", "1e-3"]
+    server = ServerProcess(args, tmp_path / "server.log", write_tokens(tmp_path / "tokens"))
     try:
         client = server.client(token=TOKEN)
         client.wait_ready(120)

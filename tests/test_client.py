@@ -24,7 +24,7 @@ from sd2ail_reward.client import (
     RewardServiceError,
     ServerInfo,
 )
-from sd2ail_reward.learner import RewardLearner
+from sd2ail_reward.learner import RewardLearner, RewardModel
 
 Code = grpc.StatusCode
 
@@ -110,20 +110,16 @@ def test_other_errors_are_not_retried(served: tuple[Any, RewardLearner]) -> None
     assert counting.calls == {"ComputeReward": 1}
 
 
-def test_every_call_has_a_deadline(demo_store: Path) -> None:
+def test_every_call_has_a_deadline(demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = start_inprocess(small_learner(demo_store), train=False)
     try:
-        model = server.model
+        score = RewardModel.reward_rows
 
-        class Slow:
-            version = model.version
-            normalizer = model.normalizer
+        def slow(model: RewardModel, x: np.ndarray) -> np.ndarray:
+            time.sleep(1.0)
+            return score(model, x)
 
-            def reward_rows(self, x: np.ndarray) -> np.ndarray:
-                time.sleep(1.0)
-                return model.reward_rows(x)
-
-        server._model = Slow()
+        monkeypatch.setattr(RewardModel, "reward_rows", slow)
         client = RewardClient(address(server), timeout_s=0.2)
         t0 = time.monotonic()
         with pytest.raises(RewardServiceError) as err:

@@ -53,7 +53,6 @@ FIXED_MINIMUM = {
         "obs": (1, "Tensor", False),
         "action": (2, "Tensor", False),
         "next_obs": (3, "Tensor", False),
-        "done": (4, "Tensor", False),
         "client_id": (5, "string", False),
         "sequence": (6, "uint64", False),
     },
@@ -71,6 +70,23 @@ def test_fixed_minimum_fields_keep_their_numbers_and_types(message: str) -> None
         got = field.message_type.name if field.message_type else _TYPE_NAMES[field.type]
         assert got == type_name, f"{message}.{name} changed type"
         assert field.is_repeated == repeated
+
+
+REMOVED_FIELDS = {"PushTransitionsRequest": {"done": 4}}
+"""Fields that left the contract: their numbers and names are `reserved`, never reused."""
+
+
+@pytest.mark.parametrize("message", sorted(REMOVED_FIELDS))
+def test_removed_fields_are_reserved_by_number_and_name(message: str) -> None:
+    from google.protobuf import descriptor_pb2
+
+    proto = descriptor_pb2.FileDescriptorProto.FromString(reward_pb2.DESCRIPTOR.serialized_pb)
+    (msg,) = [m for m in proto.message_type if m.name == message]
+    numbers = {n for r in msg.reserved_range for n in range(r.start, r.end)}
+    live = {f.name: f.number for f in msg.field}
+    for name, number in REMOVED_FIELDS[message].items():
+        assert number in numbers and name in msg.reserved_name, f"{message}.{name} not reserved"
+        assert name not in live and number not in live.values(), f"{message}.{name} reused"
 
 
 def test_service_package_and_methods() -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from sd2ail_reward.checkpoint import CheckpointStore
 from sd2ail_reward.client import RewardClient, RewardInvalidArgumentError, RewardServiceError
 from sd2ail_reward.convert import to_tensor
 from sd2ail_reward.demos import read_demos
-from sd2ail_reward.learner import RewardLearner
+from sd2ail_reward.learner import RewardLearner, RewardModel
 from sd2ail_reward.rpc import reward_pb2, reward_pb2_grpc
 from sd2ail_reward.server import ServeOptions, build_server, is_loopback, load_tokens
 
@@ -103,7 +103,7 @@ def test_served_reward_equals_inprocess_learner_reward(
     training (the trained weights come back through a checkpoint it wrote)."""
     proc_dir = tmp_path / "ckpt"
     proc = serve_process(
-        "--demos", str(demo_store), "--port", "0", *SMALL_FLAGS,
+        "--demos", str(demo_store), *SMALL_FLAGS,
         "--checkpoint-dir", str(proc_dir), "--checkpoint-every", "0",
     )  # fmt: skip
     client = proc.client()
@@ -154,22 +154,20 @@ def test_handler_threads_use_the_servers_torch_thread_count(
 
     import torch
 
-    import sd2ail_reward.server as server_module
-
     if _omp_max_threads() is None or (os.cpu_count() or 1) < 2:
         pytest.skip("needs torch with GNU OpenMP on >= 2 cores")
     seen: list[int | None] = []
-    score = server_module._score_rows
+    score = RewardModel.reward_rows
 
-    def spy(model: Any, x: np.ndarray) -> np.ndarray:
+    def spy(model: RewardModel, x: np.ndarray) -> np.ndarray:
         seen.append(_omp_max_threads())
         return score(model, x)
 
-    monkeypatch.setattr(server_module, "_score_rows", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         server = start_inprocess(small_learner(demo_store), train=False, batching=batching)
+        monkeypatch.setattr(RewardModel, "reward_rows", spy)  # served requests only
         try:
             with RewardClient(address(server)) as client:
                 for seed in range(4):
@@ -377,14 +375,6 @@ BAD_PUSHES = {
     "missing client_id": ({"client_id": "", "sequence": 1}, "client_id: required"),
     "client_id with spaces": ({"client_id": "a b", "sequence": 1}, "client_id: expected"),
     "sequence 0": ({"client_id": "c", "sequence": 0}, "sequence: expected >= 1"),
-    "done length": (
-        {"client_id": "c", "sequence": 1, "done": to_tensor(np.zeros(3))},
-        "done: expected 4 values",
-    ),
-    "NaN done": (
-        {"client_id": "c", "sequence": 1, "done": to_tensor([0.0, 0.0, np.nan, 1.0])},
-        "done: expected finite",
-    ),
     "NaN obs": (
         {"client_id": "c", "sequence": 1, "obs": _with_nan(probe_batch(4, 3)[0], np.nan)},
         "obs: expected finite",
@@ -471,22 +461,24 @@ def test_malformed_tensors_never_get_anything_but_invalid_argument(
         assert code == Code.INVALID_ARGUMENT
 
 
-def test_full_queue_answers_resource_exhausted_at_once(demo_store: Path) -> None:
+def slow_scoring(monkeypatch: pytest.MonkeyPatch, before: Callable[[], object]) -> None:
+    """Every RewardModel calls `before()` first when it scores (a model that takes its time)."""
+    score = RewardModel.reward_rows
+
+    def slow(model: RewardModel, x: np.ndarray) -> np.ndarray:
+        before()
+        return score(model, x)
+
+    monkeypatch.setattr(RewardModel, "reward_rows", slow)
+
+
+def test_full_queue_answers_resource_exhausted_at_once(
+    demo_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = start_inprocess(small_learner(demo_store), train=False, max_queue_size=1)
+    gate, entered = threading.Event(), threading.Event()
     try:
-        model = server.model
-        gate, entered = threading.Event(), threading.Event()
-
-        class Slow:
-            version = model.version
-            normalizer = model.normalizer
-
-            def reward_rows(self, x: np.ndarray) -> np.ndarray:
-                entered.set()
-                gate.wait(10)
-                return model.reward_rows(x)
-
-        server._model = Slow()
+        slow_scoring(monkeypatch, lambda: (entered.set(), gate.wait(10)))
         obs, act, _ = probe_batch(2, seed=1)
         results: list[Any] = []
 
@@ -502,7 +494,7 @@ def test_full_queue_answers_resource_exhausted_at_once(demo_store: Path) -> None
         deadline = time.monotonic() + 10
         queued = threading.Thread(target=call)  # fills the one queue slot
         queued.start()
-        while server._batcher.depth() < 1:
+        while server.host.queue_depth() < 1:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         t0 = time.monotonic()
@@ -521,28 +513,42 @@ def test_full_queue_answers_resource_exhausted_at_once(demo_store: Path) -> None
 def test_not_ready_is_failed_precondition_then_serving(
     demo_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Health NOT_SERVING and FAILED_PRECONDITION while loading; SERVING once loaded."""
-    from sd2ail_reward import server as server_module
+    """While loading: health NOT_SERVING, FAILED_PRECONDITION to a raw call and to a client
+    whose deadline passes first (saying the server was not ready, and why); a client call made
+    while loading succeeds once the server is SERVING within its deadline."""
+    import sd2ail_reward.server.host as host_module
 
     release = threading.Event()
-    original = server_module.RewardServer._build_learner
+    original = host_module.load_learner
 
-    def slow_build(self: Any) -> Any:
+    def slow_load(*args: Any) -> Any:
         release.wait(30)
-        return original(self)
+        return original(*args)
 
-    monkeypatch.setattr(server_module.RewardServer, "_build_learner", slow_build)
+    monkeypatch.setattr(host_module, "load_learner", slow_load)
     server, port = build_server(small_learner(demo_store), ServeOptions(port=0, log_every_s=0))
     try:
-        client = RewardClient(f"127.0.0.1:{port}", max_retries=0)
+        address = f"127.0.0.1:{port}"
+        client = RewardClient(address, max_retries=0, timeout_s=0.5)
         assert client.health() == "NOT_SERVING"
         assert client.info().ready is False
+        channel, stub = stub_for(address)
+        request = reward_pb2.ComputeRewardRequest(obs=_obs(), action=_act())
+        code, details = code_of(lambda: stub.ComputeReward(request, timeout=10))
+        assert code == Code.FAILED_PRECONDITION and "loading" in details
+        channel.close()
+        t0 = time.monotonic()
         with pytest.raises(RewardServiceError) as err:
             client.reward(*probe_batch(2, seed=0)[:2])
-        assert err.value.code == Code.FAILED_PRECONDITION and "loading" in err.value.details
-        release.set()
-        assert wait_serving(client)[-1] == "SERVING"
-        assert client.info().ready
+        assert err.value.code == Code.FAILED_PRECONDITION
+        assert "not ready within the call's 0.5 s deadline" in err.value.details
+        assert "still loading" in err.value.details  # the server's own reason
+        assert time.monotonic() - t0 < 2.0  # within the call's deadline
+
+        threading.Timer(0.5, release.set).start()
+        patient = RewardClient(address, max_retries=0, timeout_s=30)
+        assert patient.reward(*probe_batch(2, seed=0)[:2]).shape == (2,)
+        assert client.info().ready and client.health() == "SERVING"
     finally:
         release.set()
         server.stop(grace_s=0.0)
@@ -556,11 +562,11 @@ def test_failed_load_reports_failed_precondition(tmp_path: Path) -> None:
     try:
         assert not server.wait_ready(30)
         assert server.state == "failed"
-        client = RewardClient(f"127.0.0.1:{port}", max_retries=0)
+        client = RewardClient(f"127.0.0.1:{port}", max_retries=0, timeout_s=1.0)
         with pytest.raises(RewardServiceError) as err:
             client.reward(*probe_batch(2, seed=0)[:2])
         assert err.value.code == Code.FAILED_PRECONDITION
-        assert "failed to load" in err.value.details
+        assert "not ready" in err.value.details and "failed to load" in err.value.details
         assert client.health() == "NOT_SERVING"
     finally:
         server.stop(grace_s=0.0)
@@ -689,7 +695,7 @@ def _push_request(client_id: str, sequence: int, seed: int) -> reward_pb2.PushTr
     obs, act, nxt = probe_batch(10, seed=seed)
     return reward_pb2.PushTransitionsRequest(
         obs=to_tensor(obs), action=to_tensor(act), next_obs=to_tensor(nxt),
-        done=to_tensor(np.zeros(10)), client_id=client_id, sequence=sequence,
+        client_id=client_id, sequence=sequence,
     )  # fmt: skip
 
 
@@ -807,19 +813,11 @@ def test_push_quota_is_resource_exhausted(demo_store: Path) -> None:
 # ------------------------------------------------------------------------------ lifecycle
 
 
-def test_graceful_stop_lets_in_flight_calls_finish(demo_store: Path) -> None:
+def test_graceful_stop_lets_in_flight_calls_finish(
+    demo_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = start_inprocess(small_learner(demo_store), train=False, grace_s=5.0)
-    model = server.model
-
-    class Slow:
-        version = model.version
-        normalizer = model.normalizer
-
-        def reward_rows(self, x: np.ndarray) -> np.ndarray:
-            time.sleep(0.5)
-            return model.reward_rows(x)
-
-    server._model = Slow()
+    slow_scoring(monkeypatch, lambda: time.sleep(0.5))
     addr = address(server)
     obs, act, _ = probe_batch(3, seed=0)
     results: list[Any] = []
@@ -840,7 +838,7 @@ def test_graceful_stop_lets_in_flight_calls_finish(demo_store: Path) -> None:
 
 
 def test_health_serving_then_not_serving_on_sigterm(demo_store: Path, serve_process: Any) -> None:
-    proc = serve_process("--demos", str(demo_store), "--port", "0", *SMALL_FLAGS, "--grace", "1")
+    proc = serve_process("--demos", str(demo_store), *SMALL_FLAGS, "--grace", "1")
     client = proc.client()
     seen = wait_serving(client)
     assert seen[-1] == "SERVING" and set(seen) <= {"UNREACHABLE", "NOT_SERVING", "SERVING"}
@@ -859,7 +857,7 @@ def test_sigterm_then_resume_gives_the_same_rewards(
     demo_store: Path, serve_process: Any, tmp_path: Path
 ) -> None:
     ckpt = tmp_path / "ckpt"
-    flags = ("--demos", str(demo_store), "--port", "0", *SMALL_FLAGS,
+    flags = ("--demos", str(demo_store), *SMALL_FLAGS,
              "--checkpoint-dir", str(ckpt), "--checkpoint-every", "0", "--grace", "1")  # fmt: skip
     proc = serve_process(*flags)
     client = proc.client()
@@ -898,7 +896,7 @@ def test_kill9_during_training_then_resume_loads_a_good_checkpoint(
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     ckpt = tmp_path / "ckpt"
-    flags = ("--demos", str(demo_store), "--port", "0", *SMALL_FLAGS,
+    flags = ("--demos", str(demo_store), *SMALL_FLAGS,
              "--checkpoint-dir", str(ckpt), "--checkpoint-every", "3",
              "--publish-every", "2")  # fmt: skip
     proc = serve_process(*flags)

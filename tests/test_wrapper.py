@@ -58,7 +58,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.pushes: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pushes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def reward(
         self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray | None = None
@@ -72,10 +72,9 @@ class Recorder:
         obs: np.ndarray,
         act: np.ndarray,
         next_obs: np.ndarray | None = None,
-        done: np.ndarray | None = None,
     ) -> None:
-        assert next_obs is not None and done is not None
-        self.pushes.append((obs.copy(), act.copy(), next_obs.copy(), done.copy()))
+        assert next_obs is not None
+        self.pushes.append((obs.copy(), act.copy(), next_obs.copy()))
 
 
 class CountingLearner:
@@ -149,9 +148,10 @@ def test_terminal_obs_is_scored_never_the_reset_obs() -> None:
     np.testing.assert_array_equal(obs_rows[:, :2], [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]])
     np.testing.assert_array_equal(next_rows[:, :2], obs_rows[:, :2] + [0, 1])
     np.testing.assert_array_equal(next_rows[-1], terminal)
-    (pushed,) = source.pushes  # flushed on close, done = terminated
+    (pushed,) = source.pushes  # flushed on close: (obs, act, next_obs), no episode-end flags
+    assert len(pushed) == 3
+    np.testing.assert_array_equal(pushed[0], obs_rows)
     np.testing.assert_array_equal(pushed[2], next_rows)
-    np.testing.assert_array_equal(pushed[3], [0, 0, 1, 0, 0, 1])
 
 
 def test_pushes_arrive_in_batches_and_remainder_on_close(learner: RewardLearner) -> None:
@@ -290,10 +290,10 @@ def test_sync_vector_pushes_only_scored_steps() -> None:
     assert [len(p[0]) for p in source.pushes] == [4, 4, 1]
     pushed = np.concatenate([p[0] for p in source.pushes])
     np.testing.assert_array_equal(pushed, np.concatenate([c[0] for c in source.calls]))
-    done = np.concatenate([p[3] for p in source.pushes])
     next_obs = np.concatenate([p[2] for p in source.pushes])
-    np.testing.assert_array_equal(done, next_obs[:, 1] == next_obs[:, 2])  # t == length
-    assert done.sum() == 3  # env 0 ended at steps 2 and 5, env 1 at step 3
+    # The last step of each episode is pushed with its terminal obs (t == length), never the
+    # reset obs: env 0 ended at steps 2 and 5, env 1 at step 3.
+    assert (next_obs[:, 1] == next_obs[:, 2]).sum() == 3
 
 
 def test_sync_vector_same_step_scores_final_obs() -> None:
@@ -390,7 +390,7 @@ def test_forked_workers_with_a_served_client_match_direct_client_calls(
 
     from sd2ail_reward.client import RewardClient
 
-    proc = serve_process("--demos", str(demo_store), "--port", "0", *SMALL_FLAGS, "--no-train")
+    proc = serve_process("--demos", str(demo_store), *SMALL_FLAGS, "--no-train")
     wait_serving(proc.client())
     client = RewardClient(proc.address)  # created before the fork: each worker opens its own
     fns = [

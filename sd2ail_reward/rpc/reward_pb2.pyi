@@ -71,20 +71,18 @@ class ComputeRewardResponse(_message.Message):
     def __init__(self, reward: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class PushTransitionsRequest(_message.Message):
-    __slots__ = ("obs", "action", "next_obs", "done", "client_id", "sequence")
+    __slots__ = ("obs", "action", "next_obs", "client_id", "sequence")
     OBS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     NEXT_OBS_FIELD_NUMBER: _ClassVar[int]
-    DONE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     obs: Tensor
     action: Tensor
     next_obs: Tensor
-    done: Tensor
     client_id: str
     sequence: int
-    def __init__(self, obs: _Optional[_Union[Tensor, _Mapping]] = ..., action: _Optional[_Union[Tensor, _Mapping]] = ..., next_obs: _Optional[_Union[Tensor, _Mapping]] = ..., done: _Optional[_Union[Tensor, _Mapping]] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, obs: _Optional[_Union[Tensor, _Mapping]] = ..., action: _Optional[_Union[Tensor, _Mapping]] = ..., next_obs: _Optional[_Union[Tensor, _Mapping]] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class PushTransitionsResponse(_message.Message):
     __slots__ = ("accepted_rows", "duplicate", "last_sequence", "total_pushed")
