@@ -58,7 +58,9 @@ def probability_of_improvement_ci(
     return point, float(lower), float(upper)
 
 
-def normalized_auc(steps: Sequence[float], returns: Sequence[float]) -> float:
+def normalized_auc(
+    steps: Sequence[float] | np.ndarray, returns: Sequence[float] | np.ndarray
+) -> float:
     """Area under a learning curve (trapezoids over env steps) divided by the steps it spans:
     the curve's mean return, which rewards learning early as well as learning well."""
     s, r = np.asarray(steps, np.float64), np.asarray(returns, np.float64)
@@ -70,10 +72,10 @@ def normalized_auc(steps: Sequence[float], returns: Sequence[float]) -> float:
 
 
 def first_step_reaching(
-    steps: Sequence[float], returns: Sequence[float], threshold: float
+    steps: Sequence[float] | np.ndarray, returns: Sequence[float] | np.ndarray, threshold: float
 ) -> float:
     """The first evaluation step whose return reaches `threshold` (inf if none does)."""
-    for step, value in zip(steps, returns, strict=True):
+    for step, value in zip(np.asarray(steps), np.asarray(returns), strict=True):
         if value >= threshold:
             return float(step)
     return float("inf")

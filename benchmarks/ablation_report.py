@@ -1,0 +1,162 @@
+"""Does SD2AIL beat its ablations and baselines? Per-algorithm statistics of a grid's runs.
+
+    python benchmarks/ablation_report.py --grid pendulum-ablation --threshold -300
+    python benchmarks/ablation_report.py --grid hopper-evidence --threshold 2500
+
+Reads the archived runs (`benchmarks/results/runs/<run>/metrics.csv`, see runs_csv.py) of a
+grid and reports, per algorithm over its seeds: the mean and 95% bootstrap interval of the best
+and final true return, of the normalised area under the learning curve and of the first env
+step whose evaluation reaches `--threshold` (runs that never reach it count as the budget, and
+the number that did is given), and the probability that an SD2AIL run beats a run of each
+other algorithm (rliable's probability of improvement, on the AUC, with its interval). Only
+finished runs count (a partial run's curve is shorter). Writes
+`benchmarks/results/ablation_<grid>.csv` and `.png` (mean curve with its 95% band per
+algorithm) and prints the markdown table for benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agents.stats import (  # noqa: E402
+    bootstrap_ci,
+    first_step_reaching,
+    normalized_auc,
+    probability_of_improvement_ci,
+)
+from benchmarks.grid import GRIDS  # noqa: E402
+from benchmarks.runs_csv import ARCHIVE, RUNS_CSV  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def load_curves(grid: str) -> dict[str, list[tuple[np.ndarray, np.ndarray, int]]]:
+    """algo -> [(steps, returns, budget)] of the grid's finished runs."""
+    names = {run.name for run in GRIDS[grid]()}
+    finished = {
+        row["run"]: row
+        for row in csv.DictReader(RUNS_CSV.open())
+        if row["run"] in names and row["status"] == "finished"
+    }
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {}
+    for name, row in sorted(finished.items()):
+        rows = list(csv.DictReader((ARCHIVE / name / "metrics.csv").open()))
+        steps = np.array([float(r["env_step"]) for r in rows])
+        returns = np.array([float(r["eval_return_mean"]) for r in rows])
+        curves.setdefault(row["algo"], []).append((steps, returns, int(row["budget"])))
+    return curves
+
+
+def summarise(
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray, int]]], threshold: float, seed: int
+) -> list[dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    auc = {
+        algo: [normalized_auc(s, r) for s, r, _ in runs]
+        for algo, runs in curves.items()
+        if algo != "bc"  # BC's x axis is epochs, not env steps
+    }
+    out: list[dict[str, object]] = []
+    for algo, runs in curves.items():
+        row: dict[str, object] = {"algo": algo, "runs": len(runs)}
+        best = [float(r.max()) for _, r, _ in runs]
+        final = [float(r[-1]) for _, r, _ in runs]
+        for key, values in (("best", best), ("final", final)):
+            mean, lower, upper = bootstrap_ci(values, rng)
+            row.update({key: mean, f"{key}_lo": lower, f"{key}_hi": upper})
+        if algo in auc:
+            mean, lower, upper = bootstrap_ci(auc[algo], rng)
+            row.update(auc=mean, auc_lo=lower, auc_hi=upper)
+            reach = [first_step_reaching(s, r, threshold) for s, r, _ in runs]
+            row["reached"] = sum(np.isfinite(reach))
+            capped = [min(step, budget) for step, (_, _, budget) in zip(reach, runs, strict=True)]
+            mean, lower, upper = bootstrap_ci(capped, rng)
+            row.update(first_step=mean, first_step_lo=lower, first_step_hi=upper)
+            if "sd2ail" in auc and algo != "sd2ail":
+                poi, lower, upper = probability_of_improvement_ci(auc["sd2ail"], auc[algo], rng)
+                row.update(poi_sd2ail=poi, poi_sd2ail_lo=lower, poi_sd2ail_hi=upper)
+        out.append(row)
+    return out
+
+
+def interval(row: dict[str, object], key: str, fmt: str = "{:.0f}") -> str:
+    if key not in row:
+        return "-"
+    mean, lower, upper = (float(str(row[k])) for k in (key, f"{key}_lo", f"{key}_hi"))
+    return f"{fmt.format(mean)} [{fmt.format(lower)}, {fmt.format(upper)}]"
+
+
+def markdown(rows: list[dict[str, object]], threshold: float) -> str:
+    lines = [
+        f"| algo | runs | best | final | AUC (mean return) | first step >= {threshold:g} "
+        "(reached) | P(SD2AIL > algo), AUC |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    for row in rows:
+        reached = f" ({row['reached']}/{row['runs']})" if "reached" in row else ""
+        poi = interval(row, "poi_sd2ail", "{:.2f}")
+        lines.append(
+            f"| {row['algo']} | {row['runs']} | {interval(row, 'best')} | "
+            f"{interval(row, 'final')} | {interval(row, 'auc')} | "
+            f"{interval(row, 'first_step')}{reached} | {poi} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray, int]]], path: Path, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for algo, runs in curves.items():
+        if algo == "bc":
+            continue
+        length = min(len(s) for s, _, _ in runs)
+        steps = runs[0][0][:length]
+        stacked = np.stack([r[:length] for _, r, _ in runs])
+        band = np.array([bootstrap_ci(stacked[:, i], rng, n_boot=2000) for i in range(length)])
+        ax.plot(steps, band[:, 0], label=f"{algo} ({len(runs)} seeds)")
+        ax.fill_between(steps, band[:, 1], band[:, 2], alpha=0.2)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("true evaluation return")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--grid", required=True, choices=sorted(GRIDS))
+    parser.add_argument("--threshold", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    args = parser.parse_args()
+    curves = load_curves(args.grid)
+    if not curves:
+        raise SystemExit(f"no finished runs of {args.grid} in {RUNS_CSV}")
+    rows = summarise(curves, args.threshold, args.seed)
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "algo", k))
+    with (RESULTS / f"ablation_{args.grid}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(curves, RESULTS / f"ablation_{args.grid}.png", f"{args.grid}: mean and 95% CI")
+    print(markdown(rows, args.threshold))
+
+
+if __name__ == "__main__":
+    main()
