@@ -230,3 +230,26 @@ def test_invalid_constructor_arguments() -> None:
         RewardClient("127.0.0.1:1", timeout_s=0)
     with pytest.raises(ValueError, match="max_retries"):
         RewardClient("127.0.0.1:1", max_retries=-1)
+
+
+def test_first_reward_waits_for_a_server_that_is_still_loading(
+    demo_store: Path, tmp_path: Path
+) -> None:
+    """The user's first step right after `serve` printed its port: the server is still loading
+    (health NOT_SERVING), and the client's first call waits for SERVING within its deadline
+    instead of failing with FAILED_PRECONDITION."""
+    from conftest_server import SMALL_FLAGS
+
+    from sd2ail_reward.spawn import spawn_server
+
+    flags = ["--demos", str(demo_store), *SMALL_FLAGS]
+    with spawn_server(flags, log_path=tmp_path / "server.log", wait_ready=False) as server:
+        client = server.client(timeout_s=60.0, max_retries=0)
+        assert client.health() == "NOT_SERVING"  # loading demos and warming up
+        obs, act, nxt = probe_batch(4, seed=0)
+        rewards = client.reward(obs, act, nxt)
+        assert rewards.shape == (4,) and np.isfinite(rewards).all()
+        assert client.health() == "SERVING"
+        assert client.push(obs, act, nxt) == 4  # later calls need no wait
+        client.close()
+    assert server.returncode == 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +164,16 @@ def test_cuda_learner_matches_cpu_rewards_closely() -> None:
     gpu.add_agent(obs, act, obs)
     gpu.train(20)
     assert np.isfinite(gpu.reward(obs, act)).all()
+
+
+def test_learner_imports_neither_zarr_nor_gymnasium() -> None:
+    """The engine takes in-memory DemoSets: reading stores (zarr) and envs (gymnasium) stay
+    outside it. Checked in a fresh interpreter, where nothing else imported them first."""
+    code = (
+        "import sys, sd2ail_reward.learner; "
+        "print(sorted(m for m in ('zarr', 'gymnasium') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
