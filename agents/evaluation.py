@@ -89,7 +89,8 @@ def write_learning_curve(run_dir: Path, expert: float, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, mean, label="agent (true return)")
     ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.axhline(expert, color="k", ls="--", label=f"expert demos ({expert:.0f})")
+    if np.isfinite(expert):  # no demos: an expert in training
+        ax.axhline(expert, color="k", ls="--", label=f"expert demos ({expert:.0f})")
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return")
     ax.set_title(title)

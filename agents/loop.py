@@ -124,7 +124,7 @@ class SacTraining:
         run_dir: Path,
         client: RewardClient | None,
         expert: float,
-        demos: DemoSet,
+        demos: DemoSet | None,
     ) -> None:
         self.args, self.run_dir, self.client, self.expert = args, run_dir, client, expert
         obs_space, act_space = box_spaces(args.env)
@@ -176,7 +176,7 @@ class SacTraining:
             self.last_eval = last_evaluation_return(self.run_dir / "metrics.csv")
             self.stats = learner_stats(self.client)
             self.stopwatch = Stopwatch(read_timings(self.run_dir))
-        elif args.bc_init_epochs > 0:
+        elif args.bc_init_epochs > 0 and self.demos is not None:
             actor = self.algorithm.policy.actor
             initialise_actor_by_cloning(args, actor, self.demos, self.act_space)
         self.train_collector.reset(reset_buffer=False)  # keep a resumed replay buffer
@@ -315,7 +315,7 @@ def train_sac(
     run_dir: Path,
     client: RewardClient | None,
     expert: float,
-    demos: DemoSet,
+    demos: DemoSet | None,
     checkpoint: Checkpoint | None = None,
 ) -> dict[str, float]:
     """Builds the run, resumes it from `checkpoint` if given, and trains to `args.steps`."""

@@ -31,10 +31,14 @@ ObsStats = tuple[np.ndarray, np.ndarray]
 """(mean, std) of the observation dims, for networks that see normalised observations."""
 
 
-def policy_obs_stats(args: TrainArgs, demos: DemoSet) -> ObsStats | None:
+def policy_obs_stats(args: TrainArgs, demos: DemoSet | None) -> ObsStats | None:
     """The demos' obs mean and std when SAC normalises observations (else None)."""
     if not policy_sees_normalized_obs(args):
         return None
+    if demos is None:
+        raise ValueError(
+            "SAC on demo-normalised observations needs --demos (or --no-normalize-obs)"
+        )
     obs = np.asarray(demos.obs, dtype=np.float64)
     return obs.mean(axis=0).astype(np.float32), obs.std(axis=0).astype(np.float32)
 

@@ -129,7 +129,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     d = TrainArgs()
     a = parser.add_argument
     a("--env", default=d.env, help="Gymnasium env id (default: %(default)s)")
-    a("--demos", default=d.demos, help="zarr demo store of that env (default: %(default)s)")
+    a(
+        "--demos",
+        default=d.demos,
+        help="zarr demo store of that env; '' with --reward env trains SAC from scratch, as for "
+        "a new expert (default: %(default)s)",
+    )
     a("--num-demos", type=int, default=d.num_demos, help="expert episodes (the first ones)")
     a("--demo-episodes", type=int, nargs="+", help="explicit store indices of the episodes")
     a("--algo", choices=ALGOS, default=d.algo, help="reward learner, or bc (no server)")

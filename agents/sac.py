@@ -128,11 +128,13 @@ class ActorOptimizer:
 
 
 def wrap_actor_optimizer(
-    args: TrainArgs, algorithm: SAC, demos: DemoSet, act_space: gym.spaces.Box
+    args: TrainArgs, algorithm: SAC, demos: DemoSet | None, act_space: gym.spaces.Box
 ) -> ActorOptimizer:
     """Puts an `ActorOptimizer` with the run's hold and cloning term in SAC's place."""
     cloning = None
     if args.bc_weight > 0:
+        if demos is None:
+            raise ValueError("--bc-weight needs --demos")
         loss = DemoCloningLoss(demos, act_space)
         cloning = CloningTerm(algorithm.policy.actor, loss, args.bc_weight, args.batch_size)
     optim = ActorOptimizer(algorithm.policy_optim, args.actor_hold_updates, cloning, args.seed)

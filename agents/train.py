@@ -78,6 +78,9 @@ def train(args: TrainArgs) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", asdict(args))
     torch.manual_seed(args.seed)
+    if not args.demos:  # an expert trained from scratch on the env's reward
+        check_runs_without_demos(args)
+        return train_sac(args, run_dir, None, float("nan"), None, latest_checkpoint(args))
     demos = read_demos(
         args.demos,
         num_episodes=args.num_demos,
@@ -87,8 +90,7 @@ def train(args: TrainArgs) -> dict[str, float]:
     expert = expert_return(demos)
     if args.algo == "bc" and args.reward != "env":
         return train_bc(args, demos, expert)
-    checkpoint = latest_sac_checkpoint(run_dir) if args.resume else None
-    record_session(run_dir, checkpoint.step if checkpoint is not None else 0)
+    checkpoint = latest_checkpoint(args)
     if args.reward == "env":
         return train_sac(args, run_dir, None, expert, demos, checkpoint)
 
@@ -104,6 +106,28 @@ def train(args: TrainArgs) -> dict[str, float]:
         client.close()
         if server is not None:
             server.stop()
+
+
+def check_runs_without_demos(args: TrainArgs) -> None:
+    """Without --demos only SAC on the env's own reward can run, on raw observations."""
+    needs = {
+        "--reward learned/frozen (the reward server learns from demos)": args.reward != "env",
+        "--algo bc": args.algo == "bc" and args.reward != "env",
+        "--bc-init-epochs": args.bc_init_epochs > 0,
+        "--bc-weight": args.bc_weight > 0,
+        "--normalize-obs (the recipe's choice here)": bool(args.normalize_obs),
+    }
+    missing = [flag for flag, wanted in needs.items() if wanted]
+    if missing:
+        raise SystemExit(f"--demos is needed for {', '.join(missing)}")
+
+
+def latest_checkpoint(args: TrainArgs) -> Checkpoint | None:
+    """The checkpoint a resume continues from (None for a fresh run), and this sitting recorded
+    in the run's provenance."""
+    checkpoint = latest_sac_checkpoint(args.run_path) if args.resume else None
+    record_session(args.run_path, checkpoint.step if checkpoint is not None else 0)
+    return checkpoint
 
 
 def record_session(run_dir: Path, from_step: int) -> None:
