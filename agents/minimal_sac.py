@@ -14,8 +14,9 @@ Evaluation is deterministic on an UNWRAPPED env, so it reports the env's true re
 Without `--server` the script starts `python -m sd2ail_reward.cli serve` itself on 127.0.0.1
 with a free port and a freshly generated write token (in a private temporary token file), serving
 only the expert episodes chosen with `--demo-episodes` (or the store's first `--num-demos`), and
-stops it with SIGTERM at the end. Episode 0 of demos/Pendulum-v1.zarr starts upright and shows
-no swing-up, hence the default `--demo-episodes 6` (a full swing-up from near the bottom).
+stops it with SIGTERM at the end (`sd2ail_reward.spawn.LocalServer`; its log goes to a temporary
+file, kept if it fails). Episode 0 of demos/Pendulum-v1.zarr starts upright and shows no
+swing-up, hence the default `--demo-episodes 6` (a full swing-up from near the bottom).
 """
 
 from __future__ import annotations
@@ -23,17 +24,12 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import os
-import secrets
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
-from sd2ail_reward.cli import PORT_LINE
+from sd2ail_reward.spawn import LocalServer, spawn_server
 
 EVAL_SEED_OFFSET = 1_000_000
 """Evaluation episode i resets with seed + EVAL_SEED_OFFSET + i: the same start states at every
@@ -97,38 +93,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 # ------------------------------------------------------------------------------ local server
 
 
-@contextmanager
-def local_server(args: Args) -> Iterator[tuple[str, str]]:
-    """`sd2ail-reward serve` on 127.0.0.1:<free port> with a fresh write token; yields
-    (address, token) and stops the server with SIGTERM on exit."""
-    with tempfile.TemporaryDirectory(prefix="minimal-sac-") as tmp:
-        token = secrets.token_urlsafe(32)
-        token_file = Path(tmp) / "tokens"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"write {token}\n")
-        cmd = [sys.executable, "-m", "sd2ail_reward.cli", "--log-level", "WARNING", "serve"]
-        cmd += ["--demos", args.demos, "--port", "0", "--token-file", str(token_file)]
-        if args.num_demos:
-            cmd += ["--num-demos", str(args.num_demos)]
-        else:
-            cmd += ["--demo-episodes", *map(str, args.demo_episodes)]
-        cmd += ["--seed", str(args.seed), *shlex.split(args.serve_args)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None
-            port = next((ln.split("=")[1] for ln in proc.stdout if ln.startswith(PORT_LINE)), "")
-            if not port:
-                raise RuntimeError(f"reward server exited ({proc.wait()}) before listening")
-            yield f"127.0.0.1:{port.strip()}", token
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def local_server(args: Args) -> LocalServer:
+    """`sd2ail-reward serve` on 127.0.0.1:<free port> with a fresh write token (the library's
+    spawner); use it as a context manager: leaving it stops the server with SIGTERM."""
+    flags = ["--demos", args.demos, "--seed", str(args.seed)]
+    if args.num_demos:
+        flags += ["--num-demos", str(args.num_demos)]
+    else:
+        flags += ["--demo-episodes", *map(str, args.demo_episodes)]
+    flags += shlex.split(args.serve_args)
+    # No readiness wait here: the client's first call waits for SERVING itself.
+    return spawn_server(flags, cli_args=["--log-level", "WARNING"], wait_ready=False)
 
 
 # ------------------------------------------------------------------------------ SAC
@@ -299,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.server:
             address, token = args.server, args.token or None
         else:
-            address, token = stack.enter_context(local_server(args))
+            server = stack.enter_context(local_server(args))
+            address, token = server.address, server.token
         client = stack.enter_context(RewardClient(address, token=token))
         info = client.wait_ready(timeout_s=300)
         print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)

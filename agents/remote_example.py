@@ -4,7 +4,7 @@ address and a token.
 Terminal 1, the server (creates the token file with one fresh write token if it is missing)::
 
     python agents/remote_example.py serve --token-file ~/.sd2ail-tokens --port 50051
-    # -> SD2AIL_SERVER_ADDRESS=127.0.0.1:50051
+    # -> SD2AIL_SERVER_ADDRESS=127.0.0.1:50051 (its log: --log-file, or a temporary file)
     # any other flag goes to `sd2ail-reward serve` (e.g. --hidden-dim 64, --demos ...)
 
 Terminal 2, the agent (a random policy here; any agent works the same way, see
@@ -48,11 +48,9 @@ overrides this, and then tokens travel in plaintext: do not). Either:
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import signal
-import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -61,19 +59,9 @@ import gymnasium as gym
 import numpy as np
 
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
-from sd2ail_reward.cli import PORT_LINE
+from sd2ail_reward.spawn import LocalServer
 
 ADDRESS_LINE = "SD2AIL_SERVER_ADDRESS"
-
-
-def ensure_token_file(path: Path) -> None:
-    """Create `path` (mode 600) with one fresh write token unless it exists."""
-    if path.exists():
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"write {secrets.token_urlsafe(32)}\n")
-    print(f"wrote a new write token to {path}", flush=True)
 
 
 def read_token(path: Path) -> tuple[str, str]:
@@ -88,27 +76,33 @@ def read_token(path: Path) -> tuple[str, str]:
 
 
 def serve(args: argparse.Namespace, extra: list[str]) -> int:
-    """Run `sd2ail-reward serve` as a child, print its address, forward SIGTERM/SIGINT."""
-    ensure_token_file(args.token_file)
-    cmd = [sys.executable, "-m", "sd2ail_reward.cli", "serve", "--demos", str(args.demos)]
-    cmd += ["--host", args.host, "--port", str(args.port), "--token-file", str(args.token_file)]
-    # Own session: a terminal's Ctrl-C reaches only this process, which forwards it once.
-    proc = subprocess.Popen(
-        [*cmd, *extra], stdout=subprocess.PIPE, text=True, start_new_session=True
+    """Run `sd2ail-reward serve` as a child (the library's `LocalServer`: its own session, so a
+    terminal's Ctrl-C reaches only this process), print its address, and stop it gracefully on
+    SIGTERM / SIGINT. Returns the server's exit status."""
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    created = not args.token_file.exists()
+    server = LocalServer(
+        ["--demos", str(args.demos), *extra],
+        args.token_file,  # created with one fresh write token (mode 600) if missing
+        args.log_file,
+        host=args.host,
+        port=args.port,
+        wait_ready=False,  # the agent's client waits for SERVING (and may need TLS to ask)
     )
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(PORT_LINE + "="):
-            host = args.host if args.host not in ("0.0.0.0", "::") else "<this-host>"
-            print(f"{ADDRESS_LINE}={host}:{line.split('=', 1)[1].strip()}", flush=True)
-            break
-    return proc.wait()
+    if created:
+        print(f"wrote a new write token to {args.token_file}", flush=True)
+    host = args.host if args.host not in ("0.0.0.0", "::") else "<this-host>"
+    print(f"server log: {server.log_path}", flush=True)
+    print(f"{ADDRESS_LINE}={host}:{server.port}", flush=True)
+    while not stop.is_set() and server.proc.poll() is None:
+        stop.wait(0.2)
+    return server.stop()
 
 
 def agent(args: argparse.Namespace) -> int:
@@ -164,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     s.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     s.add_argument("--demos", type=Path, default=Path("demos/Pendulum-v1.zarr"))
+    s.add_argument(
+        "--log-file", type=Path, help="server log (default: a temporary file, kept on failure)"
+    )
     a = sub.add_parser("agent", help="run a short agent loop against a server")
     a.add_argument("--address", required=True, help="host:port printed by `serve`")
     a.add_argument("--token-file", type=Path, required=True, help="file holding the token")

@@ -31,8 +31,6 @@ import importlib.metadata
 import multiprocessing as mp
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,6 +46,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from sd2ail_reward.client import ServerInfo
+    from sd2ail_reward.spawn import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 32, 256, 4096)
@@ -171,33 +170,12 @@ def row(
     return out
 
 
-class Server:
-    """`sd2ail-reward serve` on 127.0.0.1:0 in a subprocess."""
+def start_server(args: list[str], log: Path) -> LocalServer:
+    """`sd2ail-reward serve` on 127.0.0.1:0 (the library's spawner), back once SERVING.
+    No token: the figures compare with runs before auth existed, and on loopback."""
+    from sd2ail_reward.spawn import LocalServer
 
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sd2ail_reward.cli", "serve", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-        )
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode().strip()
-            if line.startswith("SD2AIL_SERVER_PORT="):
-                self.address = "127.0.0.1:" + line.split("=", 1)[1]
-                break
-        else:
-            raise RuntimeError(f"server exited; see {log}")
-        from sd2ail_reward.client import RewardClient
-
-        RewardClient(self.address).wait_ready(120)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log.close()
+    return LocalServer(args, log_path=log, auth=False, cwd=ROOT, ready_timeout_s=120)
 
 
 def batch_part(args: argparse.Namespace, store: Path, server_args: list[str]) -> list[Row]:
@@ -217,7 +195,7 @@ def batch_part(args: argparse.Namespace, store: Path, server_args: list[str]) ->
     learner = RewardLearner(learner_config(parsed, demos.env_id), demos, seed=0)
     rng = np.random.default_rng(1)
     rows = []
-    server = Server(server_args, args.log_dir / "serve-batch.log")
+    server = start_server(server_args, args.log_dir / "serve-batch.log")
     try:
         client = RewardClient(server.address, timeout_s=60)
         for b in BATCHES:
@@ -434,8 +412,10 @@ def concurrency_part(args: argparse.Namespace, server_args: list[str]) -> list[R
     from sd2ail_reward.client import RewardClient
 
     servers = {
-        "batching-on": Server([*server_args, "--batching"], args.log_dir / "serve-on.log"),
-        "batching-off": Server([*server_args, "--no-batching"], args.log_dir / "serve-off.log"),
+        "batching-on": start_server([*server_args, "--batching"], args.log_dir / "serve-on.log"),
+        "batching-off": start_server(
+            [*server_args, "--no-batching"], args.log_dir / "serve-off.log"
+        ),
     }
     procs = ClientProcesses(max(CLIENTS))
     rows = []
@@ -577,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log_dir = Path(tmp)
         store = args.demos or synthetic_store(Path(tmp) / "Hopper-v5.zarr", "Hopper-v5", 11, 3)
         server_args = [
-            "--demos", str(store), "--port", "0", "--preset", args.preset, "--no-train",
+            "--demos", str(store), "--preset", args.preset, "--no-train",
             "--torch-threads", str(args.torch_threads), "--log-every", "0",
             "--max-delay-ms", str(args.max_delay_ms), "--seed", "0",
         ]  # fmt: skip
