@@ -28,15 +28,27 @@ def weights(learner: RewardLearner) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algorithm_learns_to_reward_the_expert(algo: str) -> None:
-    learner = fresh(algo)
+    """Training opens a gap between the expert's actions and random ones at the same (unseen)
+    states: about 0 before, at least 0.15 more after 300 updates. Measured with seeds 0, 1, 2:
+    before |gap| <= 0.008; after, the smallest gap was pseudo_only's 0.23-0.35, the others
+    0.48-0.78 (GAIL 2.6-3.0), on rewards of about 1.5-3.7."""
+    learner = fresh(algo, seed=0)
     rng = np.random.default_rng(5)
     obs = rng.normal(size=(500, 3)).astype(np.float32)
     expert_act = expert_policy(obs)
     random_act = rng.uniform(-2, 2, size=(500, 1)).astype(np.float32)
+
+    def gap() -> float:
+        expert, random = learner.reward(obs, expert_act), learner.reward(obs, random_act)
+        return float(expert.mean() - random.mean())
+
+    before = gap()
     learner.train(300)
-    r_expert, r_random = learner.reward(obs, expert_act), learner.reward(obs, random_act)
+    after = gap()
+    assert abs(before) < 0.02, f"the untrained reward already prefers one side: {before:.4f}"
+    assert after - before > 0.15, f"{algo}: gap {before:.4f} -> {after:.4f}"
+    r_expert = learner.reward(obs, expert_act)
     assert r_expert.dtype == np.float32 and np.isfinite(r_expert).all()
-    assert r_expert.mean() > r_random.mean()
     stats = learner.stats()
     assert stats["d_reward/expert"] > stats["d_reward/agent"]
     uses_pseudo = algo in ("sd2ail", "pseudo_only")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,25 @@ N_SLOTS = 20
 def chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
     expected = counts.sum() * probs
     return float(((counts - expected) ** 2 / expected).sum())
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X > x) for X ~ chi-square(dof): 1 - P(dof/2, x/2), the regularised lower incomplete
+    gamma by its power series (no scipy needed)."""
+    a, z = dof / 2, x / 2
+    term = total = 1.0 / a
+    n = 1
+    while term > total * 1e-17:
+        term *= z / (a + n)
+        total += term
+        n += 1
+    return 1.0 - math.exp(a * math.log(z) - z - math.lgamma(a)) * total
+
+
+def priority_probs(alpha: float) -> np.ndarray:
+    """Sampling probabilities of the D_SPREAD priorities (the law the buffer must follow)."""
+    p = np.minimum(np.abs(1.0 - D_SPREAD) + 0.01, 1.0) ** alpha
+    return p / p.sum()
 
 
 def make_buffer(
@@ -57,9 +77,30 @@ def assert_sample_equal(a: PrioritizedSample, b: PrioritizedSample) -> None:
 D_SPREAD = np.linspace(0.0, 1.3, N_SLOTS)
 
 
-def test_chi2_critical_value_matches_scipy() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    assert stats.chi2.ppf(1 - 1e-6, N_SLOTS - 1) == pytest.approx(CHI2_CRIT_DOF19, abs=1e-3)
+def test_chi2_threshold_fails_a_correct_sampler_once_in_a_million_runs() -> None:
+    """What the frequency test's threshold promises: exact draws from the right law exceed it
+    with probability 1e-6 (so the test is not flaky), from the chi-square tail..."""
+    for x in (0.5, 3.0, 20.0):  # the tail function itself, against dof 2's closed form
+        assert chi2_sf(x, 2) == pytest.approx(math.exp(-x / 2), rel=1e-9)
+    assert 0.9e-6 < chi2_sf(CHI2_CRIT_DOF19, N_SLOTS - 1) < 1.1e-6
+    # ... which applies: the statistic of 100k exact draws over 20 slots has chi-square(19)'s
+    # mean 19 and variance 38, and 20000 such runs never reach the threshold.
+    probs = priority_probs(0.8)
+    counts = np.random.default_rng(0).multinomial(100_000, probs, size=20_000)
+    expected = 100_000 * probs
+    stats = ((counts - expected) ** 2 / expected).sum(axis=1)
+    assert stats.mean() == pytest.approx(19.0, abs=0.3)
+    assert stats.var() == pytest.approx(38.0, abs=4.0)
+    assert stats.max() < CHI2_CRIT_DOF19
+
+
+def test_chi2_threshold_rejects_a_slightly_wrong_sampler() -> None:
+    """The same threshold still catches a subtle sampler bug: priorities raised to 0.75 where
+    the law says 0.8 (the frequency test below also rejects uniform draws)."""
+    buf = make_buffer(alpha=0.75)
+    buf.add(np.zeros((N_SLOTS, 2)))
+    buf.update_priorities(np.arange(N_SLOTS), D_SPREAD)
+    assert chi_square(draw_counts(buf), priority_probs(0.8)) > CHI2_CRIT_DOF19
 
 
 def test_sampling_frequencies_follow_priorities() -> None:
