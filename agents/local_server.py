@@ -3,83 +3,40 @@
 from __future__ import annotations
 
 import logging
-import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 
 from agents.recipes import TrainArgs
 from sd2ail_reward.client import RewardClient, RewardServiceError
+from sd2ail_reward.spawn import LocalServer
 
 log = logging.getLogger("sd2ail.train")
 
-PORT_PREFIX = "SD2AIL_SERVER_PORT="
 
-
-class LocalServer:
-    """A reward server subprocess on 127.0.0.1 with a generated write token."""
-
-    def __init__(self, args: TrainArgs, run_dir: Path, resume_from: str = "") -> None:
-        token_file = run_dir / "token"
-        if not token_file.exists():
-            token_file.write_text(f"write {secrets.token_hex(24)}\n")
-            token_file.chmod(0o600)
-        self.token = token_file.read_text().split()[1]
-        cmd = [
-            sys.executable,
-            "-m",
-            "sd2ail_reward.cli",
-            "serve",
-            "--demos",
-            args.demos,
-            "--algo",
-            args.algo,
-            "--seed",
-            str(args.seed),
-            "--port",
-            "0",
-            "--token-file",
-            str(token_file),
-            "--checkpoint-dir",
-            str(run_dir / "server"),
-            # checkpoints only when train asks (with its own) and at shutdown, so that the
-            # generation a resume pairs with is never pruned by periodic ones
-            "--checkpoint-every",
-            "0",
-            *(["--resume-from", resume_from] if resume_from else ["--resume"]),
-            "--min-agent-size",
-            str(max(args.start_steps, 256)),
-        ]
-        if args.demo_episodes:
-            cmd += ["--demo-episodes", *map(str, args.demo_episodes)]
-        else:
-            cmd += ["--num-demos", str(args.num_demos)]
-        if args.reward == "frozen":
-            cmd += ["--no-train"]
-        cmd += list(args.server_args)
-        log.info("starting reward server: %s", " ".join(cmd))
-        self.log_file = (run_dir / "server.log").open("a")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log_file, text=True)
-        assert self.proc.stdout is not None
-        port = None
-        for line in self.proc.stdout:
-            if line.startswith(PORT_PREFIX):
-                port = int(line.strip()[len(PORT_PREFIX) :])
-                break
-        if port is None:
-            raise SystemExit(f"reward server exited (code {self.proc.wait()}); see server.log")
-        self.address = f"127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log_file.close()
+def start_local_server(args: TrainArgs, run_dir: Path, resume_from: str = "") -> LocalServer:
+    """The run's own reward server (`sd2ail_reward.spawn.LocalServer`: 127.0.0.1, a free port,
+    the run's write token in RUN_DIR/token, its log in RUN_DIR/server.log, its own session so a
+    signal to train's process group leaves it to train to stop), resuming from `resume_from`,
+    the server checkpoint saved with the SAC checkpoint train resumes from."""
+    serve_args = [
+        "--demos", args.demos, "--algo", args.algo, "--seed", str(args.seed),
+        "--checkpoint-dir", str(run_dir / "server"),
+        # checkpoints only when train asks (with its own) and at shutdown, so that the
+        # generation a resume pairs with is never pruned by periodic ones
+        "--checkpoint-every", "0",
+        *(["--resume-from", resume_from] if resume_from else ["--resume"]),
+        "--min-agent-size", str(max(args.start_steps, 256)),
+    ]  # fmt: skip
+    if args.demo_episodes:
+        serve_args += ["--demo-episodes", *map(str, args.demo_episodes)]
+    else:
+        serve_args += ["--num-demos", str(args.num_demos)]
+    if args.reward == "frozen":
+        serve_args += ["--no-train"]
+    serve_args += list(args.server_args)
+    log.info("starting reward server: serve %s", " ".join(serve_args))
+    return LocalServer(serve_args, token_file=run_dir / "token", log_path=run_dir / "server.log")
 
 
 def wait_for_discriminator(client: RewardClient, round_s: float = 300.0) -> dict[str, int]:

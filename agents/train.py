@@ -43,7 +43,7 @@ import torch
 from agents.bc import train_bc
 from agents.checkpoints import sac_checkpoint_store
 from agents.evaluation import expert_return
-from agents.local_server import LocalServer
+from agents.local_server import start_local_server
 from agents.loop import train_sac
 from agents.recipes import (
     TrainArgs,
@@ -95,7 +95,7 @@ def train(args: TrainArgs) -> dict[str, float]:
         return train_sac(args, run_dir, None, expert, demos, checkpoint)
 
     paired = checkpoint.meta.get("server_generation", "") if checkpoint is not None else ""
-    server = None if args.server else LocalServer(args, run_dir, str(paired))
+    server = None if args.server else start_local_server(args, run_dir, str(paired))
     address = args.server or (server.address if server else "")
     token = args.token if args.server else (server.token if server else None)
     client = RewardClient(address, token=token, timeout_s=60.0)

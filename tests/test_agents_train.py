@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -568,3 +571,39 @@ def test_critic_layer_norm_bounds_q_far_from_the_data() -> None:
 
     assert q_far(False, 1e4) > 100 * q_far(False, 1e2)
     assert q_far(True, 1e4) < 2 * q_far(True, 1e2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_process_group_checkpoints_both_and_resumes(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """What Ctrl-C or a batch scheduler does: the signal reaches train's whole process group.
+    The local server lives in its own session, so train outlives nothing it needs: it writes
+    its checkpoint paired with the server's, exits 0, and a resume starts at that step."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sd2ail_reward.cli", "train", *TINY, "--steps", "100000"]
+    proc = subprocess.Popen(
+        [*cmd, "--run-dir", str(run_dir)], cwd=REPO, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        metrics = run_dir / "metrics.csv"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "no evaluation in time"
+            time.sleep(0.5)
+        os.killpg(proc.pid, sig)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    checkpoint = latest_sac_checkpoint(run_dir)
+    stopped_at = checkpoint.step
+    assert stopped_at >= 600  # past the second evaluation, at the chunk the signal ended
+    server_gens = {p.name for p in (run_dir / "server").glob("gen-*")}
+    assert checkpoint.meta["server_generation"] in server_gens
+    out = run_train("--run-dir", str(run_dir), "--resume", "--steps", str(stopped_at + 100))
+    assert f"at env step {stopped_at}" in out
+    assert f"--resume-from {checkpoint.meta['server_generation']}" in out
