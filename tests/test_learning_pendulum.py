@@ -19,7 +19,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,6 @@ def train(run_dir: Path, *extra: str) -> list[dict[str, float]]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sac_learns_pendulum_from_one_demonstration(tmp_path: Path) -> None:
-    start = time.monotonic()
     run_dir = tmp_path / "learn"
     rows = train(
         run_dir, "--seed", SEED, "--steps", str(BUDGET_STEPS), "--run-dir", str(run_dir),
@@ -70,7 +68,6 @@ def test_sac_learns_pendulum_from_one_demonstration(tmp_path: Path) -> None:
     assert last["d_expert"] > last["d_agent"], last
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_return"] >= TARGET
-    assert time.monotonic() - start < 600
 
 
 @pytest.mark.slow
