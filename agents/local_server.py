@@ -32,6 +32,8 @@ def start_local_server(args: TrainArgs, run_dir: Path, resume_from: str = "") ->
         serve_args += ["--demo-episodes", *map(str, args.demo_episodes)]
     else:
         serve_args += ["--num-demos", str(args.num_demos)]
+    if args.demo_subsample != 1:
+        serve_args += ["--demo-subsample", str(args.demo_subsample)]
     if args.reward == "frozen":
         serve_args += ["--no-train"]
     serve_args += list(args.server_args)

@@ -78,6 +78,8 @@ class TrainArgs:
     demos: str = "demos/Hopper-v5.zarr"
     num_demos: int = 1
     demo_episodes: tuple[int, ...] | None = None
+    demo_subsample: int = 1
+    """Keep every n-th (s, a) pair of each demo episode (GAIL's protocol: 20)."""
     algo: str = "sd2ail"
     steps: int = 250_000
     seed: int = 0
@@ -137,6 +139,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     )
     a("--num-demos", type=int, default=d.num_demos, help="expert episodes (the first ones)")
     a("--demo-episodes", type=int, nargs="+", help="explicit store indices of the episodes")
+    a(
+        "--demo-subsample",
+        type=int,
+        default=d.demo_subsample,
+        help="keep every N-th (s, a) pair of each demo episode, for the reward server, BC and "
+        "the demo statistics (GAIL's protocol: 20; default: %(default)s, all)",
+    )
     a("--algo", choices=ALGOS, default=d.algo, help="reward learner, or bc (no server)")
     a("--steps", type=int, default=d.steps, help="env steps, warm-up included")
     a("--seed", type=int, default=d.seed, help="seed of SAC, envs and the reward learner")

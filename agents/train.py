@@ -87,7 +87,8 @@ def train(args: TrainArgs) -> dict[str, float]:
         episodes=args.demo_episodes,
         expected_env_id=args.env,
     )
-    expert = expert_return(demos)
+    expert = expert_return(demos)  # of the whole episodes, before any subsampling
+    demos = demos.subsampled(args.demo_subsample)
     if args.algo == "bc" and args.reward != "env":
         return train_bc(args, demos, expert)
     checkpoint = latest_checkpoint(args)

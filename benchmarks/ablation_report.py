@@ -1,23 +1,25 @@
 """Does SD2AIL beat its ablations and baselines? Per-algorithm statistics of a grid's runs.
 
-    python benchmarks/ablation_report.py --grid pendulum-ablation --threshold -300
-    python benchmarks/ablation_report.py --grid hopper-evidence --threshold 2500
+    python benchmarks/ablation_report.py --grids pendulum-ablation --name pendulum --threshold -300
+    python benchmarks/ablation_report.py --grids hopper-evidence hopper-ablation --name hopper \
+        --threshold 2500
 
-Reads the archived runs (`benchmarks/results/runs/<run>/metrics.csv`, see runs_csv.py) of a
-grid and reports, per algorithm over its seeds: the mean and 95% bootstrap interval of the best
-and final true return, of the normalised area under the learning curve and of the first env
-step whose evaluation reaches `--threshold` (runs that never reach it count as the budget, and
-the number that did is given), and the probability that an SD2AIL run beats a run of each
-other algorithm (rliable's probability of improvement, on the AUC, with its interval). Only
-finished runs count (a partial run's curve is shorter). Writes
-`benchmarks/results/ablation_<grid>.csv` and `.png` (mean curve with its 95% band per
-algorithm) and prints the markdown table for benchmarks/README.md.
+Reads the archived runs (`benchmarks/results/runs/<run>/metrics.csv`, see runs_csv.py) of
+the grids and reports, per algorithm (and demo protocol) over its seeds: the mean and 95%
+bootstrap interval of the best and final true return, of the normalised area under the
+learning curve and of the first env step whose evaluation reaches `--threshold` (runs that
+never reach it count as the budget, and the number that did is given), and the probability
+that an SD2AIL run beats a run of each other algorithm under the same protocol (rliable's
+probability of improvement, on the AUC, with its interval). Only finished runs count (a
+partial run's curve is shorter). Writes `benchmarks/results/ablation_<name>.csv` and `.png`
+(mean curve with its 95% band per algorithm) and prints the markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -38,9 +40,16 @@ from benchmarks.runs_csv import ARCHIVE, RUNS_CSV  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def load_curves(grid: str) -> dict[str, list[tuple[np.ndarray, np.ndarray, int]]]:
-    """algo -> [(steps, returns, budget)] of the grid's finished runs."""
-    names = {run.name for run in GRIDS[grid]()}
+def group_of(run: str, algo: str) -> str:
+    """The algorithm, with the demo protocol when the demos were subsampled."""
+    config = json.loads((ARCHIVE / run / "config.json").read_text())
+    every = int(config.get("demo_subsample", 1))
+    return algo if every == 1 else f"{algo} (every {every}th pair)"
+
+
+def load_curves(grids: list[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray, int]]]:
+    """algo -> [(steps, returns, budget)] of the grids' finished runs."""
+    names = {run.name for grid in grids for run in GRIDS[grid]()}
     finished = {
         row["run"]: row
         for row in csv.DictReader(RUNS_CSV.open())
@@ -51,7 +60,8 @@ def load_curves(grid: str) -> dict[str, list[tuple[np.ndarray, np.ndarray, int]]
         rows = list(csv.DictReader((ARCHIVE / name / "metrics.csv").open()))
         steps = np.array([float(r["env_step"]) for r in rows])
         returns = np.array([float(r["eval_return_mean"]) for r in rows])
-        curves.setdefault(row["algo"], []).append((steps, returns, int(row["budget"])))
+        group = group_of(name, row["algo"])
+        curves.setdefault(group, []).append((steps, returns, int(row["budget"])))
     return curves
 
 
@@ -62,7 +72,7 @@ def summarise(
     auc = {
         algo: [normalized_auc(s, r) for s, r, _ in runs]
         for algo, runs in curves.items()
-        if algo != "bc"  # BC's x axis is epochs, not env steps
+        if not algo.startswith("bc")  # BC's x axis is epochs, not env steps
     }
     out: list[dict[str, object]] = []
     for algo, runs in curves.items():
@@ -80,8 +90,9 @@ def summarise(
             capped = [min(step, budget) for step, (_, _, budget) in zip(reach, runs, strict=True)]
             mean, lower, upper = bootstrap_ci(capped, rng)
             row.update(first_step=mean, first_step_lo=lower, first_step_hi=upper)
-            if "sd2ail" in auc and algo != "sd2ail":
-                poi, lower, upper = probability_of_improvement_ci(auc["sd2ail"], auc[algo], rng)
+            reference = "sd2ail" + algo[len(algo.split(" ")[0]) :]  # same protocol
+            if reference in auc and algo != reference:
+                poi, lower, upper = probability_of_improvement_ci(auc[reference], auc[algo], rng)
                 row.update(poi_sd2ail=poi, poi_sd2ail_lo=lower, poi_sd2ail_hi=upper)
         out.append(row)
     return out
@@ -122,7 +133,7 @@ def plot(
     rng = np.random.default_rng(0)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for algo, runs in curves.items():
-        if algo == "bc":
+        if algo.startswith("bc"):
             continue
         length = min(len(s) for s, _, _ in runs)
         steps = runs[0][0][:length]
@@ -141,20 +152,21 @@ def plot(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--grid", required=True, choices=sorted(GRIDS))
+    parser.add_argument("--grids", nargs="+", required=True, choices=sorted(GRIDS))
+    parser.add_argument("--name", required=True, help="output name: results/ablation_<name>.*")
     parser.add_argument("--threshold", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args()
-    curves = load_curves(args.grid)
+    curves = load_curves(args.grids)
     if not curves:
-        raise SystemExit(f"no finished runs of {args.grid} in {RUNS_CSV}")
+        raise SystemExit(f"no finished runs of {args.grids} in {RUNS_CSV}")
     rows = summarise(curves, args.threshold, args.seed)
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "algo", k))
-    with (RESULTS / f"ablation_{args.grid}.csv").open("w", newline="") as f:
+    with (RESULTS / f"ablation_{args.name}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    plot(curves, RESULTS / f"ablation_{args.grid}.png", f"{args.grid}: mean and 95% CI")
+    plot(curves, RESULTS / f"ablation_{args.name}.png", f"{args.name}: mean and 95% CI")
     print(markdown(rows, args.threshold))
 
 

@@ -124,6 +124,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="explicit store indices of the expert episodes to use (overrides --num-demos)",
     )
+    parser.add_argument(
+        "--demo-subsample",
+        type=int,
+        default=1,
+        help="keep every N-th (s, a) pair of each demo episode (GAIL's protocol uses 20; "
+        "default: %(default)s, all)",
+    )
     add_learner_args(parser)
     net = parser.add_argument_group("network and security")
     net.add_argument(
@@ -310,6 +317,7 @@ def run_serve(args: argparse.Namespace) -> int:
             config=config,
             num_demos=args.num_demos,
             episodes=None if args.demo_episodes is None else tuple(args.demo_episodes),
+            subsample=args.demo_subsample,
             seed=args.seed,
             device=args.device,
         )

@@ -78,6 +78,31 @@ class DemoSet:
         """Undiscounted return of each episode, summed in float64 from the stored rewards."""
         return episode_returns(self.reward, self.episode_ends)
 
+    def subsampled(self, every: int) -> DemoSet:
+        """Every `every`-th (s, a) pair of each episode, from its first step on: GAIL's
+        protocol (Ho & Ermon, 2016, subsample 20), under which behaviour cloning from one
+        trajectory no longer suffices. Each kept row keeps its own next_obs, reward and flags;
+        `attrs["subsample"]` records `every`. every = 1 returns the set unchanged."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"subsample must be a positive int, got {every!r}")
+        if every == 1:
+            return self
+        rows = np.concatenate(
+            [np.arange(part.start, part.stop, every) for part in self.episode_slices()]
+        )
+        lengths = [len(range(part.start, part.stop, every)) for part in self.episode_slices()]
+        return DemoSet(
+            obs=self.obs[rows],
+            action=self.action[rows],
+            next_obs=self.next_obs[rows],
+            reward=self.reward[rows],
+            terminated=self.terminated[rows],
+            truncated=self.truncated[rows],
+            episode_ends=np.cumsum(lengths).astype(np.int64),
+            reset_seeds=self.reset_seeds,
+            attrs={**self.attrs, "subsample": every},
+        )
+
     def episode_slices(self) -> list[slice]:
         starts = np.concatenate([[0], self.episode_ends[:-1]])
         return [slice(int(s), int(e)) for s, e in zip(starts, self.episode_ends, strict=True)]

@@ -258,3 +258,28 @@ def test_record_verify_and_tamper(tmp_path: Path) -> None:
     assert read_demos(path).attrs["episode_returns"][-1] == pytest.approx(float(more[0]))
     with pytest.raises(ValueError, match="env_kwargs"):
         record_episodes("Hopper-v5", linear_policy, path=path, n_episodes=1)
+
+
+def test_subsampled_keeps_every_nth_pair_of_each_episode() -> None:
+    """GAIL's protocol on the committed Hopper demo: one 1000-step trajectory, every 20th
+    (s, a) pair, 50 pairs, each with its own next_obs; the server trains on exactly those."""
+    from sd2ail_reward.config import preset
+    from sd2ail_reward.server.loading import load_learner
+    from sd2ail_reward.server.options import LearnerSpec, ServeOptions
+
+    store = Path(__file__).resolve().parents[1] / "demos" / "Hopper-v5.zarr"
+    full = read_demos(store, num_episodes=2)
+    sub = full.subsampled(20)
+    assert sub.n_episodes == 2 and list(sub.episode_ends) == [50, 100]
+    first = np.arange(0, 1000, 20)
+    np.testing.assert_array_equal(sub.obs[:50], full.obs[first])
+    np.testing.assert_array_equal(sub.action[50:], full.action[1000 + first])
+    np.testing.assert_array_equal(sub.next_obs[:50], full.next_obs[first])
+    assert sub.attrs["subsample"] == 20 and full.subsampled(1) is full
+    with pytest.raises(ValueError):
+        full.subsampled(0)
+
+    spec = LearnerSpec(demos=store, config=preset("hopper", "diffail"), num_demos=1, subsample=20)
+    loaded = load_learner(spec, ServeOptions(), None)
+    assert loaded.learner.replay.expert_rows().shape[0] == 50
+    assert loaded.demos["subsample"] == 20

@@ -70,12 +70,23 @@ def load_learner(
             seed=source.demo_seed,
             expected_env_id=source.config.env_id or None,
             episodes=source.episodes,
-        )
+        ).subsampled(source.subsample)
         selected = list(demos.attrs.get("selected_episodes", []))
-        demo_meta = {"path": str(source.demos), "selected_episodes": selected}
+        demo_meta = {
+            "path": str(source.demos),
+            "selected_episodes": selected,
+            "subsample": source.subsample,
+        }
         config, seed = source.config, source.seed
         if ckpt is not None:
             saved = ckpt.meta.get("demos", {}).get("selected_episodes")
+            saved_subsample = ckpt.meta.get("demos", {}).get("subsample", 1)
+            if saved_subsample != source.subsample:
+                raise CheckpointError(
+                    f"checkpoint {ckpt.path.name} was trained on every {saved_subsample}th "
+                    f"demo pair, this server keeps every {source.subsample}th; start it with "
+                    "the same --demo-subsample"
+                )
             if saved is not None and saved != selected:
                 raise CheckpointError(
                     f"checkpoint {ckpt.path.name} was trained on demo episodes {saved}, "

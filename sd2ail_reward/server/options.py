@@ -110,6 +110,8 @@ class LearnerSpec:
     demo_seed: int = 0
     episodes: tuple[int, ...] | None = None
     """Explicit store indices of the expert episodes (overrides num_demos and select)."""
+    subsample: int = 1
+    """Keep every n-th (s, a) pair of each episode (`DemoSet.subsampled`; 1 keeps all)."""
     seed: int = 0
     device: str = "auto"
 
