@@ -1,28 +1,32 @@
-"""SAC that never sees the env's reward: the main job behind `sd2ail-reward train`.
-
-Tianshou 2.0.1 SAC trained ONLY on the learned SD2AIL reward, served by a reward server:
+"""`sd2ail-reward train`: SAC (Tianshou 2.0.1) through the one training loop (`agents.loop`).
 
     sd2ail-reward train --env Hopper-v5 --demos demos/Hopper-v5.zarr --num-demos 1 \\
-        --algo sd2ail --steps 250000 --seed 0
+        --algo sd2ail --steps 200000 --seed 0          # imitation: SAC never sees the env's reward
+    sd2ail-reward train --reward env --sac-recipe expert --env Walker2d-v5 --demos ''
+                                                       # an expert on the true reward
+    sd2ail-reward train --resume --run-dir RUN_DIR [--steps N]
 
-- With no `--server`, a local reward server is started (subprocess, 127.0.0.1, a free port, a
-  generated write token, checkpoints in RUN_DIR/server) and stopped at the end.
-- The training env is wrapped with `SD2AILRewardWrapper`: it pushes every transition to the
-  server, whose trainer thread runs one discriminator update per transition after the warm-up
-  (the local server gets `--min-agent-size <start steps>`, so the random warm-up transitions
-  earn no updates, as in the reference). Each chunk of `--chunk` env steps is followed by
-  `--chunk` SAC updates, which run while the server's discriminator trains on that chunk (two
-  processes, two cores), then `Sync`: the reference's 1 discriminator + 1 SAC update per env
-  step, interleaved. `--no-overlap` syncs before the SAC updates instead (serial, slower).
-- Rewards are relabelled when a batch is sampled (`RelabelingSAC`), with the current
-  discriminator, as the reference computes -log(1 - D) at SAC update time; `--no-relabel` uses
-  the wrapper's step-time reward instead.
-- Evaluation envs are NOT wrapped: every `--eval-every` steps, `--eval-episodes` deterministic
-  episodes report the true return. `--algo bc` trains the same actor by regression on the demos.
+`--reward` says what SAC learns from: `learned` (the reward server's, trained on the pushed
+transitions), `frozen` (its discriminator never trained: a control) or `env` (the env's own
+reward, no server: experts and the true-reward control, the ceiling SAC reaches with a recipe).
+Everything else (recipe, collection, evaluation, logging, checkpoints) is the same loop.
 
-Run directory: config.json, metrics.csv, TensorBoard events (tb/), learning_curve.png,
+- With no `--server`, a local reward server is started (`sd2ail_reward.spawn.LocalServer`:
+  127.0.0.1, a free port, the run's write token, its own session) and stopped at the end;
+  its checkpoints go to RUN_DIR/server, paired with SAC's.
+- The training env is wrapped with `SD2AILRewardWrapper`, which pushes every transition; the
+  server trains one discriminator update per transition after the warm-up (`--min-agent-size
+  <start steps>`), while SAC runs one update per env step of the chunk, then `Sync`.
+- Sampled batches are relabelled with the current discriminator (`RelabelingSAC`);
+  `--no-relabel` uses the wrapper's step-time reward instead.
+- Training actions are sampled from SAC's policy; evaluation envs are NOT wrapped: every
+  `--eval-every` steps, `--eval-episodes` deterministic episodes report the TRUE return.
+- SIGINT/SIGTERM (to train alone or its whole process group) checkpoint both sides and exit 0.
+
+Run directory: config.json, provenance.json (commit per sitting), metrics.csv, timings.json
+(seconds per part of the loop), summary.json, TensorBoard events (tb/), learning_curve.png,
+actor_spec.json + actor.pt / best_actor.pt (recordable with `sd2ail-reward demos record`),
 checkpoints/ (SAC + replay buffer), server/ (the reward server's checkpoints), token.
-`--resume RUN_DIR` continues an interrupted run with the same step count and replay buffer.
 """
 
 from __future__ import annotations
