@@ -149,6 +149,8 @@ class SacTraining:
         self.sac_stats: SACTrainingStats | None = None
         self.stats: dict[str, float] = {}
         self.last_eval = float("nan")
+        self.server_before: dict[str, float] = {}
+        """The reward server's seconds of earlier sittings (a resumed server counts from 0)."""
         write_json(run_dir / "actor_spec.json", actor_spec(args, obs_space, act_space))
         self.demos, self.act_space = demos, act_space
 
@@ -175,7 +177,11 @@ class SacTraining:
             self.train_envs.seed(args.seed + self.state.env_step)
             self.last_eval = last_evaluation_return(self.run_dir / "metrics.csv")
             self.stats = learner_stats(self.client)
-            self.stopwatch = Stopwatch(read_timings(self.run_dir))
+            saved = read_timings(self.run_dir)
+            self.stopwatch = Stopwatch(
+                {k: v for k, v in saved.items() if not k.startswith("server_")}
+            )
+            self.server_before = {k: v for k, v in saved.items() if k.startswith("server_")}
         elif args.bc_init_epochs > 0 and self.demos is not None:
             actor = self.algorithm.policy.actor
             initialise_actor_by_cloning(args, actor, self.demos, self.act_space)
@@ -252,15 +258,17 @@ class SacTraining:
         write_json(self.run_dir / "timings.json", self.timings())
 
     def timings(self) -> dict[str, float]:
-        """Seconds per part and per env step, summed over the run."""
+        """Seconds per part and per env step, summed over the run: this process's parts and
+        the reward server's (`server_train`: discriminator updates, `server_reward`: reward
+        calls, `server_publish`: weight snapshots)."""
         steps = max(self.state.env_step, 1)
-        out = {f"{k}_s": round(v, 2) for k, v in sorted(self.stopwatch.seconds.items())}
-        out.update(
-            {
-                f"{k}_ms_per_step": round(1e3 * v / steps, 3)
-                for k, v in self.stopwatch.seconds.items()
-            }
-        )
+        seconds = dict(self.stopwatch.seconds)
+        for key, value in self.stats.items():
+            if key.startswith("time/") and key.endswith("_s"):
+                name = "server_" + key[len("time/") : -len("_s")]
+                seconds[name] = self.server_before.get(name, 0.0) + value
+        out = {f"{k}_s": round(v, 2) for k, v in sorted(seconds.items())}
+        out.update({f"{k}_ms_per_step": round(1e3 * v / steps, 3) for k, v in seconds.items()})
         out.update(env_steps=self.state.env_step, wall_s=round(self.state.wall_time, 1))
         return out
 

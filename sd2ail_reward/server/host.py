@@ -135,6 +135,7 @@ class LearnerHost:
         self._stop_reporter = threading.Event()
         self._closed = False  # no RPC runs any more: sync waiters give up
         self._since_publish = 0
+        self._seconds = {"train": 0.0, "publish": 0.0}  # the trainer's time, for GetStats
         self._threads: list[threading.Thread] = []
         self._checkpoints = CheckpointKeeper(options, metrics)
         self.torch_threads = torch.get_num_threads()  # the creating thread's, for every thread
@@ -379,6 +380,9 @@ class LearnerHost:
         with self._lock:
             learner_stats = learner.stats()
             pending = self._owed_locked() if self.options.train else 0
+            # where the server's time went since it started (a train run's cost, split)
+            learner_stats.update({f"time/{k}_s": v for k, v in self._seconds.items()})
+        learner_stats["time/reward_s"] = self.metrics.compute_ms_total / 1e3
         serving = self.metrics.message(self.queue_depth(), self.model_version, pending)
         return {k: float(v) for k, v in learner_stats.items()}, serving
 
@@ -406,15 +410,19 @@ class LearnerHost:
 
     def _publish_locked(self) -> None:
         assert self.learner is not None
+        start = time.perf_counter()
         self._model = self.learner.snapshot()
         self._since_publish = 0
+        self._seconds["publish"] += time.perf_counter() - start
 
     def _train_one_locked(self) -> Captured | None:
         """One update if one is owed; returns a checkpoint capture when one is due."""
         learner = self.learner
         assert learner is not None
+        start = time.perf_counter()
         try:
             learner.train(1)
+            self._seconds["train"] += time.perf_counter() - start
         except Exception as err:
             logger.exception("training stopped")
             self._train_error = f"{type(err).__name__}: {err}"
