@@ -7,14 +7,13 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
 import gymnasium as gym
-import numpy as np
 from tianshou.algorithm import SAC
 from tianshou.algorithm.modelfree.sac import SACTrainingStats
 from tianshou.data import Collector, CollectStats, ReplayBuffer
@@ -41,7 +40,12 @@ from agents.run_files import (
     truncate_metrics,
     write_json,
 )
-from agents.sac import initialise_actor_by_cloning, make_sac, wrap_actor_optimizer
+from agents.sac import (
+    RelabelingSAC,
+    initialise_actor_by_cloning,
+    make_sac,
+    wrap_actor_optimizer,
+)
 from sd2ail_reward.checkpoint import Checkpoint, CheckpointStore
 from sd2ail_reward.client import RewardClient
 from sd2ail_reward.demos import DemoSet
@@ -133,11 +137,11 @@ class SacTraining:
         self.test_envs, self.trackers = make_eval_envs(args)
         self.train_envs.seed(args.seed)
         self.stopwatch = Stopwatch()
-        reward_fn = None
-        if client is not None and args.relabel:
-            reward_fn = timed(client.reward, self.stopwatch, "relabel_wait")
+        reward_fn = client.reward if client is not None and args.relabel else None
         obs_stats = policy_obs_stats(args, demos)
-        self.algorithm = make_sac(args, obs_space, act_space, reward_fn, obs_stats)
+        self.algorithm = make_sac(
+            args, obs_space, act_space, reward_fn, obs_stats, self.record_relabel_wait
+        )
         self.actor_optim = wrap_actor_optimizer(args, self.algorithm, demos, act_space)
         self.buffer = ReplayBuffer(args.buffer_size)
         self.train_collector = Collector[CollectStats](
@@ -153,6 +157,9 @@ class SacTraining:
         """The reward server's seconds of earlier sittings (a resumed server counts from 0)."""
         write_json(run_dir / "actor_spec.json", actor_spec(args, obs_space, act_space))
         self.demos, self.act_space = demos, act_space
+
+    def record_relabel_wait(self, seconds: float) -> None:
+        self.stopwatch.add("relabel_wait", seconds)
 
     def _make_train_env(self) -> gym.Env[Any, Any]:
         env = gym.make(self.args.env, **training_env_kwargs(self.args))
@@ -270,6 +277,11 @@ class SacTraining:
         out = {f"{k}_s": round(v, 2) for k, v in sorted(seconds.items())}
         out.update({f"{k}_ms_per_step": round(1e3 * v / steps, 3) for k, v in seconds.items()})
         out.update(env_steps=self.state.env_step, wall_s=round(self.state.wall_time, 1))
+        if isinstance(self.algorithm, RelabelingSAC):  # this sitting's
+            out.update(
+                relabel_prefetch_hits=self.algorithm.prefetch_hits,
+                relabel_prefetch_misses=self.algorithm.prefetch_misses,
+            )
         return out
 
     def run(self) -> dict[str, float]:
@@ -303,6 +315,8 @@ class SacTraining:
                         break
                 progress.update(state.env_step, n, self.progress_fields())
         finally:
+            if isinstance(self.algorithm, RelabelingSAC):
+                self.algorithm.drain()
             progress.close()
             writer.close()
         if stop.requested:
@@ -330,16 +344,6 @@ def train_sac(
     training = SacTraining(args, run_dir, client, expert, demos)
     training.start(checkpoint)
     return training.run()
-
-
-def timed(
-    fn: Callable[..., np.ndarray], stopwatch: Stopwatch, part: str
-) -> Callable[..., np.ndarray]:
-    def wrapper(*args: Any) -> np.ndarray:
-        with stopwatch.part(part):
-            return fn(*args)
-
-    return wrapper
 
 
 def read_timings(run_dir: Path) -> dict[str, float]:

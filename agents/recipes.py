@@ -88,6 +88,8 @@ class TrainArgs:
     run_dir: str = ""
     resume: bool = False
     relabel: bool = True
+    relabel_prefetch: bool = True
+    """Score the next sampled batch while SAC updates on this one (`RelabelingSAC`)."""
     overlap: bool = True
     reward: str = "learned"
     """What SAC is trained on: `REWARD_SOURCES`."""
@@ -158,6 +160,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         dest="relabel",
         action="store_false",
         help="use the wrapper's step-time reward instead of relabelling sampled batches",
+    )
+    a(
+        "--no-relabel-prefetch",
+        dest="relabel_prefetch",
+        action="store_false",
+        help="score each sampled batch only when it is used, instead of while SAC updates on "
+        "the one before (default: prefetch)",
     )
     a(
         "--no-overlap",

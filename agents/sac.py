@@ -4,8 +4,11 @@ optimiser's optional hold and TD3+BC cloning term."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ def make_sac(
     act_space: gym.spaces.Box,
     reward_fn: Callable[..., np.ndarray] | None,
     obs_stats: ObsStats | None = None,
+    wait_s: Callable[[float], None] | None = None,
 ) -> SAC:
     """SAC with one Adam setting for actor, critics and alpha, as the reference has."""
     s, a = obs_space.shape, act_space.shape
@@ -59,7 +63,9 @@ def make_sac(
     )
     if reward_fn is None:
         return SAC(**kwargs)
-    return RelabelingSAC(reward_fn=reward_fn, **kwargs)
+    return RelabelingSAC(
+        reward_fn=reward_fn, prefetch=args.relabel_prefetch, wait_s=wait_s, **kwargs
+    )
 
 
 class RelabelingSAC(SAC):
@@ -67,17 +73,72 @@ class RelabelingSAC(SAC):
     fresh rewards into the buffer, since n-step returns read `buffer.rew`.
 
     The buffer holds the policy's actions in [-1, 1]; the server scores the env's actions (as
-    the wrapper pushes them), so they are mapped to the env's bounds first."""
+    the wrapper pushes them), so they are mapped to the env's bounds first.
 
-    def __init__(self, *, reward_fn: Callable[..., np.ndarray], **kwargs: Any) -> None:
+    With `prefetch`, the next batch is scored while SAC updates on this one: its indices are
+    drawn ahead from a copy of the buffer's sampler state, which is then put back, so Tianshou's
+    own draw picks exactly those indices (the sample stream is the one without prefetching).
+    Where it does not (new transitions arrived in between: the first update of a chunk), the
+    prefetched rewards are dropped and the batch is scored at once. A prefetched reward comes
+    from the model the server published one SAC update earlier. `wait_s` receives the seconds
+    each update spent blocked on the server."""
+
+    def __init__(
+        self,
+        *,
+        reward_fn: Callable[..., np.ndarray],
+        prefetch: bool = True,
+        wait_s: Callable[[float], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.reward_fn = reward_fn
+        self.wait_s = wait_s
+        self._executor = ThreadPoolExecutor(1, "relabel") if prefetch else None
+        self._pending: tuple[np.ndarray, Future[np.ndarray]] | None = None
+        self.prefetch_hits = self.prefetch_misses = 0
+
+    def _request(self, buffer: ReplayBuffer, indices: np.ndarray) -> Future[np.ndarray]:
+        assert self._executor is not None
+        batch: Any = buffer[indices]
+        act = self.policy.map_action(np.asarray(batch.act))
+        return self._executor.submit(
+            self.reward_fn, np.asarray(batch.obs), act, np.asarray(batch.obs_next)
+        )
+
+    def _rewards(self, batch: Any, buffer: ReplayBuffer, indices: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        pending, self._pending = self._pending, None
+        if pending is not None and np.array_equal(pending[0], indices):
+            reward = pending[1].result()
+            self.prefetch_hits += 1
+        else:
+            if pending is not None:
+                self.prefetch_misses += 1
+                pending[1].result()  # one RPC at a time; its rewards are for other rows
+            act = self.policy.map_action(batch.act)
+            reward = self.reward_fn(batch.obs, act, batch.obs_next)
+        if self.wait_s is not None:
+            self.wait_s(time.perf_counter() - start)
+        return reward
 
     def _preprocess_batch(self, batch: Any, buffer: ReplayBuffer, indices: np.ndarray) -> Any:
-        reward = self.reward_fn(batch.obs, self.policy.map_action(batch.act), batch.obs_next)
+        reward = self._rewards(batch, buffer, indices)
+        if self._executor is not None:
+            sampler = buffer._random_state.get_state()
+            upcoming = buffer.sample_indices(len(indices))
+            buffer._random_state.set_state(sampler)
+            self._pending = (upcoming, self._request(buffer, upcoming))
         buffer.rew[indices] = reward
         batch.rew = reward
         return super()._preprocess_batch(batch, buffer, indices)
+
+    def drain(self) -> None:
+        """Waits for a prefetch in flight (before the server it calls is stopped)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                pending[1].result()
 
 
 @dataclass(frozen=True)

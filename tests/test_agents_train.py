@@ -548,6 +548,63 @@ def test_relabelling_scores_the_actions_the_env_received() -> None:
         assert np.isclose(received, act, atol=1e-5).any(), act
 
 
+def test_prefetched_relabelling_scores_the_batches_tianshou_samples() -> None:
+    """Prefetching scores the next batch ahead without changing which batches SAC samples:
+    the rows scored and the rows used are the same, update for update, as without it; a batch
+    drawn after new transitions arrived is scored on the spot."""
+    import gymnasium as gym
+    import torch
+    from tianshou.data import Collector, ReplayBuffer
+    from tianshou.env import DummyVectorEnv
+    from tianshou.utils.torch_utils import policy_within_training_step
+
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import RelabelingSAC, make_sac
+
+    def run(prefetch: bool) -> tuple[list[np.ndarray], list[np.ndarray], RelabelingSAC]:
+        scored: list[np.ndarray] = []
+
+        def reward_fn(obs: Any, act: Any, obs_next: Any) -> np.ndarray:
+            scored.append(np.asarray(obs, np.float32).copy())
+            return np.asarray(obs, np.float32)[:, 0] + 2 * np.asarray(act, np.float32)[:, 0]
+
+        torch.manual_seed(0)
+        args = TrainArgs(env="Pendulum-v1", hidden_sizes=(16, 16), relabel_prefetch=prefetch)
+        sac = make_sac(args, *box_spaces("Pendulum-v1"), reward_fn)
+        assert isinstance(sac, RelabelingSAC)
+        envs = DummyVectorEnv([lambda: gym.make("Pendulum-v1")])
+        envs.seed(0)
+        buffer = ReplayBuffer(400, random_seed=0)
+        collector = Collector[Any](sac, envs, buffer, exploration_noise=True)
+        collector.reset()
+        collector.collect(n_step=100, random=True)
+        used: list[np.ndarray] = []
+        original = sac._preprocess_batch
+
+        def spy(batch: Any, buf: Any, indices: np.ndarray) -> Any:
+            out = original(batch, buf, indices)
+            used.append(np.stack([np.asarray(batch.obs)[:, 0], np.asarray(batch.rew)]))
+            return out
+
+        sac._preprocess_batch = spy  # type: ignore[method-assign]
+        for _ in range(2):  # two chunks: the second's first batch misses the prefetch
+            collector.collect(n_step=50, random=True)
+            with policy_within_training_step(sac.policy):
+                for _ in range(5):
+                    sac.update(buffer=buffer, sample_size=32)
+        sac.drain()
+        return scored, used, sac
+
+    _, used_plain, _ = run(prefetch=False)
+    scored, used, sac = run(prefetch=True)
+    assert len(used) == len(used_plain) == 10
+    for with_prefetch, without in zip(used, used_plain, strict=True):
+        np.testing.assert_allclose(with_prefetch, without, rtol=1e-6)  # same rows, same rewards
+    assert (sac.prefetch_hits, sac.prefetch_misses) == (8, 1)
+    assert len(scored) == 10 + 2  # one prefetch after each chunk's last update is never used
+
+
 def test_critic_layer_norm_flag_puts_a_layer_norm_before_each_hidden_activation_of_both_critics(
     tmp_path: Path,
 ) -> None:
