@@ -1,7 +1,7 @@
 """`benchmarks/results/runs.csv`: one row per training run, from the runs' own files.
 
     python benchmarks/runs_csv.py                  # archive the grid's runs, rebuild runs.csv
-    python benchmarks/runs_csv.py --readme         # ... and the README's results table
+    python benchmarks/runs_csv.py --readme         # ... and the tables of both READMEs
 
 Two steps. First each run directory under the grid root (`benchmarks/grid.py`), and any given
 with `--run-dir`, is archived into `benchmarks/results/runs/<run name>/` (config.json,
@@ -31,9 +31,9 @@ ARCHIVE = REPO / "benchmarks" / "results" / "runs"
 RUNS_CSV = REPO / "benchmarks" / "results" / "runs.csv"
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "timings.json", "provenance.json")
 COLUMNS = (
-    "run", "env", "num_demos", "algo", "reward", "recipe", "extra_terms", "disc_ratio", "seed",
-    "env_steps", "budget", "status", "best_return", "final_return", "expert_return",
-    "best_step", "wall_s", "collection", "commit",
+    "run", "env", "num_demos", "demo_subsample", "algo", "reward", "recipe", "extra_terms",
+    "disc_ratio", "seed", "env_steps", "budget", "status", "best_return", "final_return",
+    "expert_return", "best_step", "wall_s", "collection", "commit",
 )  # fmt: skip
 README_BEGIN, README_END = "<!-- runs.csv:begin -->", "<!-- runs.csv:end -->"
 
@@ -109,6 +109,7 @@ def row_of(run: Path, budget: dict[str, int]) -> dict[str, Any]:
         "num_demos": len(config["demo_episodes"])
         if config.get("demo_episodes")
         else config["num_demos"],
+        "demo_subsample": int(config.get("demo_subsample", 1)),
         "algo": "sac" if config.get("reward") == "env" else config["algo"],
         "reward": config.get("reward", "learned"),
         "recipe": config.get("sac_recipe", "reference"),
@@ -140,42 +141,87 @@ def build() -> list[dict[str, Any]]:
     return out
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """The README's table: one line per run, grouped as runs.csv sorts them."""
+def group_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    keys = ("env", "algo", "reward", "recipe", "extra_terms", "disc_ratio", "num_demos")
+    return (*(row[k] for k in keys), row["demo_subsample"], row["budget"])
+
+
+def demos_label(row: dict[str, Any]) -> str:
+    if row["reward"] == "env":
+        return "-"
+    every = int(row["demo_subsample"])
+    return f"{row['num_demos']}" + ("" if every == 1 else f", every {every}th pair")
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's table: one line per configuration, its seeds side by side."""
     lines = [
-        "| env | algo | reward | recipe | extra terms | disc:SAC | seed | env steps | status "
-        "| best (step) | final | expert |",
-        "|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|",
+        "| env | algo | reward | recipe | extra terms | disc:SAC | demos | seeds done / run "
+        "| env steps (budget) | best per seed | final per seed | expert |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---:|",
     ]
-    for r in rows:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(group_key(row), []).append(row)
+    for runs in groups.values():
+        r = runs[0]
+        done = sum(run["status"] == "finished" for run in runs)
+        steps = ", ".join(f"{run['env_steps'] // 1000}k" for run in runs)
+        best = ", ".join(f"{run['best_return']:.0f}" for run in runs)
+        final = ", ".join(f"{run['final_return']:.0f}" for run in runs)
         lines.append(
             f"| {r['env']} | {r['algo']} | {r['reward']} | {r['recipe']} | {r['extra_terms']} "
-            f"| {r['disc_ratio'] or '-'} | {r['seed']} | {r['env_steps']:,} / {r['budget']:,} "
-            f"| {r['status']} | {r['best_return']:.0f} ({r['best_step'] // 1000}k) "
-            f"| {r['final_return']:.0f} | {r['expert_return']:.0f} |"
+            f"| {r['disc_ratio'] or '-'} | {demos_label(r)} | {done} / {len(runs)} "
+            f"| {steps} ({r['budget'] // 1000}k) | {best} | {final} | {r['expert_return']:.0f} |"
         )
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    start, end = text.index(README_BEGIN), text.index(README_END)
-    readme.write_text(text[: start + len(README_BEGIN)] + "\n" + table + "\n" + text[end:])
+def runs_markdown(rows: list[dict[str, Any]], env: str) -> str:
+    """benchmarks/README.md's table of one env: one line per run."""
+    lines = [
+        "| run | algo | reward | recipe | extra terms | disc:SAC | demos | seed | env steps "
+        "| status | best (step) | final | expert | wall h | commit |",
+        "|---|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if r["env"] != env:
+            continue
+        lines.append(
+            f"| {r['run']} | {r['algo']} | {r['reward']} | {r['recipe']} | {r['extra_terms']} "
+            f"| {r['disc_ratio'] or '-'} | {demos_label(r)} | {r['seed']} "
+            f"| {r['env_steps']:,} / {r['budget']:,} | {r['status']} "
+            f"| {r['best_return']:.0f} ({r['best_step']:,}) | {r['final_return']:.0f} "
+            f"| {r['expert_return']:.0f} | {r['wall_s'] / 3600:.1f} | {r['commit']} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_between(path: Path, begin: str, end: str, text: str) -> None:
+    content = path.read_text()
+    start, stop = content.index(begin), content.index(end)
+    path.write_text(content[: start + len(begin)] + "\n" + text + "\n" + content[stop:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, action="append", default=[])
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    parser.add_argument(
+        "--readme", action="store_true", help="rewrite the tables in README.md and benchmarks/"
+    )
     args = parser.parse_args()
     sources = sorted(GRID_ROOT.iterdir()) if GRID_ROOT.is_dir() else []
     for run_dir in [*sources, *args.run_dir]:
         archive(run_dir)
     rows = build()
-    print(markdown(rows))
+    print(summary_markdown(rows))
     if args.readme:
-        update_readme(markdown(rows))
+        replace_between(REPO / "README.md", README_BEGIN, README_END, summary_markdown(rows))
+        bench = REPO / "benchmarks" / "README.md"
+        for env in sorted({row["env"] for row in rows}):
+            begin, end = f"<!-- runs.csv {env}:begin -->", f"<!-- runs.csv {env}:end -->"
+            if begin in bench.read_text():
+                replace_between(bench, begin, end, runs_markdown(rows, env))
 
 
 if __name__ == "__main__":
