@@ -16,9 +16,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sd2ail_reward.config import ALGOS, LearnerConfig, preset, preset_for_env
 from sd2ail_reward.config import replace as replace_config
+
+if TYPE_CHECKING:  # the server package pulls in grpc: only `serve` needs it at run time
+    from sd2ail_reward.server import ServeOptions
 
 __all__ = ["add_learner_args", "build_parser", "learner_config", "main"]
 
@@ -142,7 +146,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     net.add_argument(
         "--port",
         type=int,
-        default=50051,
+        default=0,
         help=f"TCP port; 0 picks a free one. The bound port is printed as {PORT_LINE}=<port> "
         "(default: %(default)s)",
     )
@@ -172,8 +176,15 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "--push-quota",
         type=float,
         default=0.0,
-        help="rows per second one client may push, over a 10 s window; 0 = unlimited "
-        "(default: %(default)s)",
+        help="rows per second one client may push, averaged over --push-quota-window; 0 = "
+        "unlimited (default: %(default)s)",
+    )
+    net.add_argument(
+        "--push-quota-window",
+        type=float,
+        default=10.0,
+        help="seconds the push quota is averaged over: a client may burst up to quota x "
+        "window rows (default: %(default)s)",
     )
     b = parser.add_argument_group("batching and limits")
     b.add_argument(
@@ -201,6 +212,19 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=1024,
         help="most requests waiting for the batcher; more get RESOURCE_EXHAUSTED "
         "(default: %(default)s)",
+    )
+    b.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=1024,
+        help="RPCs in progress at once; more get RESOURCE_EXHAUSTED (default: %(default)s)",
+    )
+    b.add_argument(
+        "--max-tracked-clients",
+        type=int,
+        default=100_000,
+        help="client ids whose last push sequence is remembered for de-duplication, least "
+        "recently pushing forgotten first (default: %(default)s)",
     )
     b.add_argument(
         "--max-request-rows",
@@ -275,43 +299,53 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The `serve` flags as `ServeOptions` (tested: with no flags given, its defaults)."""
+    from sd2ail_reward.server import ServeOptions
+
+    return ServeOptions(
+        host=args.host,
+        port=args.port,
+        batching=args.batching,
+        max_batch_rows=args.max_batch,
+        max_queue_delay_ms=args.max_delay_ms,
+        max_queue_size=args.queue_size,
+        max_request_rows=args.max_request_rows,
+        max_message_bytes=int(args.max_message_mb * (1 << 20)),
+        workers=args.workers,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        allow_insecure_remote=args.allow_insecure_remote,
+        reflection=args.reflection,
+        train=args.train,
+        publish_every=args.publish_every,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
+        resume_generation=args.resume_from,
+        push_quota=args.push_quota,
+        push_quota_window_s=args.push_quota_window,
+        max_tracked_clients=args.max_tracked_clients,
+        log_every_s=args.log_every,
+        grace_s=args.grace,
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import torch
 
     from sd2ail_reward.demos import read_demos
-    from sd2ail_reward.server import LearnerSpec, ServeOptions, TokenFileError, serve
+    from sd2ail_reward.server import LearnerSpec, TokenFileError, serve
 
     torch.set_num_threads(args.torch_threads or auto_torch_threads())
     try:
         env_id = read_demos_env(args.demos, read_demos)
         config = learner_config(args, env_id)
-        options = ServeOptions(
-            host=args.host,
-            port=args.port,
-            batching=args.batching,
-            max_batch_rows=args.max_batch,
-            max_queue_delay_ms=args.max_delay_ms,
-            max_queue_size=args.queue_size,
-            max_request_rows=args.max_request_rows,
-            max_message_bytes=int(args.max_message_mb * (1 << 20)),
-            workers=args.workers,
-            token_file=args.token_file,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            allow_insecure_remote=args.allow_insecure_remote,
-            reflection=args.reflection,
-            train=args.train,
-            publish_every=args.publish_every,
-            checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints,
-            resume=args.resume,
-            resume_generation=args.resume_from,
-            push_quota=args.push_quota,
-            log_every_s=args.log_every,
-            grace_s=args.grace,
-        )
+        options = serve_options(args)
         spec = LearnerSpec(
             demos=args.demos,
             config=config,
