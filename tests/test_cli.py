@@ -58,3 +58,63 @@ def test_every_serve_option_is_reachable_from_the_command_line(field: str) -> No
     assert changed == [field]
     if isinstance(getattr(given, field), Path):
         assert str(getattr(given, field)) == flags[field][-1]
+
+
+def parse_train(*flags: str) -> object:
+    import argparse
+
+    from agents.recipes import add_train_args, args_from_namespace
+
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    return args_from_namespace(parser.parse_args(list(flags)))
+
+
+def test_train_defaults_are_the_dataclass_defaults() -> None:
+    from agents.recipes import TrainArgs
+
+    assert parse_train() == TrainArgs()
+
+
+TRAIN_FLAGS = {
+    "env": ["--env", "Walker2d-v5"], "demos": ["--demos", "x.zarr"],
+    "num_demos": ["--num-demos", "3"], "demo_episodes": ["--demo-episodes", "4", "5"],
+    "demo_subsample": ["--demo-subsample", "20"], "algo": ["--algo", "gail"],
+    "steps": ["--steps", "5"], "seed": ["--seed", "3"], "server": ["--server", "h:1"],
+    "token": ["--token", "t"], "run_dir": ["--run-dir", "r"], "resume": ["--resume"],
+    "relabel": ["--no-relabel"], "relabel_prefetch": ["--no-relabel-prefetch"],
+    "overlap": ["--no-overlap"], "reward": ["--reward", "env"],
+    "eval_every": ["--eval-every", "7"], "eval_episodes": ["--eval-episodes", "2"],
+    "target_return": ["--target-return", "1"], "start_steps": ["--start-steps", "9"],
+    "chunk": ["--chunk", "11"], "batch_size": ["--batch-size", "13"],
+    "buffer_size": ["--buffer-size", "17"], "hidden_sizes": ["--hidden-sizes", "8"],
+    "sac_recipe": ["--sac-recipe", "expert"], "lr": ["--lr", "0.5"],
+    "adam_beta1": ["--adam-beta1", "0.5"], "gamma": ["--gamma", "0.5"],
+    "tau": ["--tau", "0.5"], "alpha": ["--alpha", "0.5"],
+    "target_entropy": ["--target-entropy", "-2"], "fixed_length": ["--no-fixed-length"],
+    "normalize_obs": ["--normalize-obs"], "bc_epochs": ["--bc-epochs", "3"],
+    "bc_init_epochs": ["--bc-init-epochs", "3"],
+    "actor_hold_updates": ["--actor-hold-updates", "3"],
+    "bc_weight": ["--bc-weight", "0.5"], "critic_layer_norm": ["--critic-layer-norm"],
+    "server_args": ["--server-arg=--hidden-dim=8"], "progress": ["--no-progress"],
+}  # fmt: skip
+"""One flag per TrainArgs field. --sac-recipe also sets the recipe's fields it does not
+override (lr, beta1, alpha, fixed length), so it is checked apart."""
+
+
+def test_every_train_field_is_reachable_from_the_command_line() -> None:
+    from agents.recipes import TrainArgs
+
+    default = TrainArgs()
+    assert set(TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainArgs)}
+    for field, flags in TRAIN_FLAGS.items():
+        given = parse_train(*flags)
+        changed = {
+            f.name
+            for f in dataclasses.fields(TrainArgs)
+            if getattr(given, f.name) != getattr(default, f.name)
+        }
+        if field == "sac_recipe":
+            assert changed == {"sac_recipe", "lr", "adam_beta1", "alpha", "fixed_length"}
+        else:
+            assert changed == {field}, (field, changed)
