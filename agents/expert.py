@@ -10,7 +10,7 @@ Experts are trained by the one training loop on the env's true reward::
 (`--demos` there only supplies the expert return line of the plots and, for the reference
 recipe, observation statistics; the expert recipe uses raw observations.) `record` reads the
 run's `actor_spec.json` and `best_actor.pt` (or `actor.pt`), records with
-`sd2ail_reward.demos.record_episodes` and copies the weights beside the store.
+`sd2ail_reward.demo_replay.record_episodes` and copies the weights beside the store.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RecordArgs:
 
 
 def record(args: RecordArgs) -> np.ndarray:
-    from sd2ail_reward.demos import record_episodes  # only `record` needs the library
+    from sd2ail_reward.demo_replay import record_episodes  # only `record` needs the library
 
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)

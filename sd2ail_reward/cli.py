@@ -436,7 +436,7 @@ def run_minari(args: argparse.Namespace) -> int:
 
 
 def run_demos(args: argparse.Namespace) -> int:
-    from sd2ail_reward.demos import inspect_demos, verify_demos
+    from sd2ail_reward.demo_replay import inspect_demos, verify_demos
 
     if args.demos_command in ("import-minari", "export-minari"):
         return run_minari(args)

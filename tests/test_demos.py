@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from sd2ail_reward.demos import (
-    DemoSet,
-    Episode,
-    inspect_demos,
-    read_demos,
-    record_episodes,
-    verify_demos,
-    write_episodes,
-)
+from sd2ail_reward.demo_replay import inspect_demos, record_episodes, verify_demos
+from sd2ail_reward.demos import DemoSet, Episode, read_demos, write_episodes
 
 OBS, ACT = 4, 2
 BOUNDS = {"action_low": [-1.0, -2.0], "action_high": [1.0, 2.0]}

@@ -27,7 +27,8 @@ pytest.importorskip("jax", reason="Minari's DataCollector needs minari[create] (
 pytestmark = pytest.mark.filterwarnings("ignore:.*is set to None:UserWarning")
 
 from sd2ail_reward.cli import main as cli_main  # noqa: E402
-from sd2ail_reward.demos import Episode, read_demos, verify_demos, write_episodes  # noqa: E402
+from sd2ail_reward.demo_replay import verify_demos  # noqa: E402
+from sd2ail_reward.demos import Episode, read_demos, write_episodes  # noqa: E402
 from sd2ail_reward.minari_io import export_minari, import_minari  # noqa: E402
 
 ENV_ID = "MountainCarContinuous-v0"
