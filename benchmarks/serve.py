@@ -183,11 +183,12 @@ def batch_part(args: argparse.Namespace, store: Path, server_args: list[str]) ->
     import grpc
     import torch
 
-    from sd2ail_reward.cli import build_parser, learner_config
+    from sd2ail_reward.cli import build_parser
     from sd2ail_reward.client import RewardClient
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
     from sd2ail_reward.rpc import reward_pb2, reward_pb2_grpc
+    from sd2ail_reward.serve_cli import learner_config
 
     torch.set_num_threads(args.torch_threads)
     demos = read_demos(store)

@@ -40,8 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from sd2ail_reward.cli import PORT_LINE
 from sd2ail_reward.client import RewardClient
+from sd2ail_reward.serve_cli import PORT_LINE
 
 __all__ = ["LocalServer", "ServerStartError", "spawn_server"]
 

@@ -78,7 +78,8 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_config_for(store: Path, *extra: str) -> Any:
     """The LearnerConfig `serve --demos store SMALL_FLAGS extra` builds (same code path)."""
-    from sd2ail_reward.cli import build_parser, learner_config
+    from sd2ail_reward.cli import build_parser
+    from sd2ail_reward.serve_cli import learner_config
 
     args = build_parser().parse_args(["serve", "--demos", str(store), *SMALL_FLAGS, *extra])
     return learner_config(args, "Pendulum-v1")

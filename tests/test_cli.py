@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sd2ail_reward.cli import build_parser, serve_options
+from sd2ail_reward.cli import build_parser
+from sd2ail_reward.serve_cli import serve_options
 from sd2ail_reward.server import ServeOptions
 
 NOT_ON_THE_COMMAND_LINE = {
