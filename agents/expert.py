@@ -15,16 +15,15 @@ run's `actor_spec.json` and `best_actor.pt` (or `actor.pt`), records with
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shlex
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import gymnasium as gym
 import numpy as np
@@ -32,16 +31,12 @@ import tianshou
 import torch
 
 from agents.actors import deterministic_policy_fn, policy_from_spec
+from agents.flags import flag, parse_flags
 from agents.run_files import atomic_path, write_json
 
 log = logging.getLogger("expert")
 
 EXPERT_ALGORITHM: Final = f"SAC (tianshou {tianshou.__version__})"
-
-
-def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
-    """A dataclass field that `add_flags` exposes as `--field-name` with this help text."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
 @dataclass(frozen=True)
@@ -63,31 +58,13 @@ class RecordArgs:
     threads: int = flag(1, "torch.set_num_threads.")
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per `RecordArgs` field, with its help text and default."""
-    for f in fields(RecordArgs):
-        kwargs = dict(f.metadata)
-        help_text = kwargs.pop("help") + ("" if f.default == "" else f" (default: {f.default})")
-        kwargs.setdefault("type", type(f.default))
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), default=f.default, help=help_text, **kwargs
-        )
-
-
 def parse_args(argv: Sequence[str] | None = None) -> RecordArgs:
-    """`record [flags]` (the subcommand name is kept for `sd2ail-reward demos record`)."""
-    parser = argparse.ArgumentParser(
-        prog="sd2ail-reward demos record",
-        description=(__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    args = parse_flags(
+        RecordArgs, argv, (__doc__ or "").split("\n\n")[0], prog="sd2ail-reward demos record"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_flags(sub.add_parser("record", help=RecordArgs.__doc__))
-    given = vars(parser.parse_args(argv))
-    given.pop("command")
-    if not given.get("run_dir"):
-        parser.error("record needs --run-dir")
-    return RecordArgs(**given)
+    if not args.run_dir:
+        raise SystemExit("sd2ail-reward demos record: --run-dir is required")
+    return args
 
 
 def record(args: RecordArgs) -> np.ndarray:

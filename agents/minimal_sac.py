@@ -21,7 +21,6 @@ swing-up, hence the default `--demo-episodes 6` (a full swing-up from near the b
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import shlex
@@ -30,9 +29,8 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -40,16 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.flags import flag, parse_flags
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.spawn import LocalServer, spawn_server
 
 EVAL_SEED_OFFSET = 1_000_000
 """Evaluation episode i resets with seed + EVAL_SEED_OFFSET + i: the same start states at every
 evaluation, none shared with training or with the demo store's reset seeds (10000, 10001, ...)."""
-
-
-def flag(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass(frozen=True)
@@ -79,15 +74,7 @@ class Args:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for f in fields(Args):
-        kwargs = dict(f.metadata)
-        kwargs.setdefault("type", int if f.name == "demo_episodes" else type(f.default))
-        kwargs["help"] += f" (default: {f.default!r})"
-        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kwargs)
-    values = vars(parser.parse_args(argv))
-    values["demo_episodes"] = tuple(values["demo_episodes"])
-    return Args(**values)
+    return parse_flags(Args, argv, __doc__.split("\n\n")[0])
 
 
 # ------------------------------------------------------------------------------ local server

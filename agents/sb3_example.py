@@ -35,7 +35,6 @@ it at the end.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import shlex
 import sys
@@ -43,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,6 +58,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
+from agents.flags import flag, parse_flags
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.spawn import LocalServer, spawn_server
 
@@ -67,10 +67,6 @@ EVAL_SEED_OFFSET = 1_000_000
 the same start states at every evaluation, none shared with training or the demo store."""
 
 RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def flag(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass(frozen=True)
@@ -102,16 +98,7 @@ class Args:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    for f in fields(Args):
-        kwargs = dict(f.metadata)
-        if kwargs.get("action") != "store_true":
-            kwargs.setdefault("type", int if f.name == "demo_episodes" else type(f.default))
-        kwargs["help"] += f" (default: {f.default!r})"
-        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kwargs)
-    values = vars(parser.parse_args(argv))
-    values["demo_episodes"] = tuple(values["demo_episodes"])
-    return Args(**values)
+    return parse_flags(Args, argv, (__doc__ or "").split("\n\n")[0])
 
 
 # ------------------------------------------------------------------------------ envs

@@ -40,7 +40,7 @@ def add_demos_args(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--tol", type=float, default=1e-5, help="allowed deviation")
     sub.add_parser(
         "record",
-        help="record expert episodes: runs `python agents/expert.py record ...` (needs the "
+        help="record a trained run's actor into a demo store (agents/expert.py; needs the "
         "agents extra); see its --help",
         add_help=False,
     )
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in _AGENT_COMMANDS:
         return _run_agent_script(_AGENT_COMMANDS[argv[0]][0], argv[1:])
     if argv[:2] == ["demos", "record"]:
-        return _run_agent_script("agents.expert", ["record", *argv[2:]])
+        return _run_agent_script("agents.expert", argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

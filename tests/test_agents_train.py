@@ -693,3 +693,45 @@ def test_a_signal_to_the_process_group_checkpoints_both_and_resumes(
     out = run_train("--run-dir", str(run_dir), "--resume", "--steps", str(stopped_at + 100))
     assert f"at env step {stopped_at}" in out
     assert f"--resume-from {checkpoint.meta['server_generation']}" in out
+
+
+@pytest.mark.slow
+def test_an_expert_trains_on_the_true_reward_without_demos_and_records_a_verified_store(
+    tmp_path: Path,
+) -> None:
+    """The expert pipeline of a new task, small: the one loop on the env's reward from
+    scratch (no demo store yet), then its best actor recorded into a store that replays."""
+    from sd2ail_reward.demos import read_demos
+
+    run_dir, store = tmp_path / "expert", tmp_path / "demos.zarr"
+    run_train(
+        "--reward", "env", "--sac-recipe", "expert", "--env", "Pendulum-v1", "--demos", "",
+        "--steps", "600", "--start-steps", "300", "--chunk", "100", "--eval-every", "300",
+        "--eval-episodes", "2", "--hidden-sizes", "32", "32", "--batch-size", "64",
+        "--run-dir", str(run_dir), "--no-progress",
+    )  # fmt: skip
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["reward"] == "env" and config["demos"] == "" and not config["normalize_obs"]
+    assert not (run_dir / "server").exists()  # no reward server for the env's own reward
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["sac_update_s"] > 0 and "relabel_wait_s" not in timings
+    best = json.loads((run_dir / "best_actor.json").read_text())
+    for cmd in (
+        ["demos", "record", "--run-dir", str(run_dir), "--out", str(store), "--episodes", "2"],
+        ["demos", "verify", str(store)],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sd2ail_reward.cli", *cmd],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 episodes replayed" in proc.stdout and "OK" in proc.stdout
+    demos = read_demos(store)
+    assert demos.n_episodes == 2 and demos.attrs["expert_training_steps"] == best["env_step"]
+    # without demos, anything that needs them is refused with a clear message
+    refused = subprocess.run(
+        [sys.executable, "-m", "sd2ail_reward.cli", "train", "--env", "Pendulum-v1",
+         "--demos", "", "--run-dir", str(tmp_path / "refused")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "--demos is needed for --reward learned" in refused.stderr
