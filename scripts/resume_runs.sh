@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${SD2AIL_GRID_ROOT:-$HOME/sd2ail-runs/grid}"
 mkdir -p "$root"
-nohup .venv/bin/python benchmarks/grid.py run hopper-evidence pendulum-ci pendulum-ablation \
+nohup .venv/bin/python benchmarks/grid.py run hopper-evidence hopper-recipe-check pendulum-ci pendulum-ablation \
     hopper-ablation experts \
     --parallel "${PARALLEL:-2}" >> "$root/../grid.log" 2>&1 &
 echo "grid runner started (pid $!), log: $root/../grid.log"
