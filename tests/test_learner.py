@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from factories import agent_batch, expert_policy, make_demos, small_config
+from factories import agent_batch, expert_policy, make_demos, replace_nested, small_config
 
 from sd2ail_reward.checkpoint import CheckpointStore
-from sd2ail_reward.config import ALGOS
+from sd2ail_reward.config import ALGOS, LearnerConfig, preset, replace
 from sd2ail_reward.learner import RewardLearner
 
 
@@ -189,3 +190,193 @@ def test_learner_imports_neither_zarr_nor_gymnasium() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Pinned numbers of the default arithmetic (issue 15). Computed at 7985ab3, before the update's
+# cost work (blocked generation, vectorised sum tree, bf16 option), on this repo's test data
+# (`factories`: make_demos(n_episodes=2), agent_batch(1000, seed=1), seed 0). A change that alters
+# what a default update computes, or the order it draws random numbers in, fails here; float
+# rounding (another BLAS kernel) passes. If `factories` changes on purpose, recompute the pins
+# at a commit whose update arithmetic is the one to keep. Losses per update: PIN_LOSS_KEYS.
+# ------------------------------------------------------------------------------------------
+
+PIN_LOSS_KEYS = (
+    "loss/expert",
+    "loss/agent",
+    "loss/pseudo",
+    "loss/grad_penalty",
+    "d_train/expert",
+    "d_train/agent",
+)
+PINNED: dict[str, dict[str, object]] = {
+    "sd2ail": {
+        "losses": [
+            [0.9817626, 0.713137, 0.0, 0.0, 0.4565526, 0.4326259],
+            [0.6940271, 0.7165818, 1.02197, 0.0, 0.4406429, 0.4508011],
+            [0.6926889, 0.6743273, 0.434104, 0.0, 0.3882521, 0.4425615],
+            [0.4819275, 0.7745448, 0.3913759, 0.0, 0.4291204, 0.4602525],
+            [0.6338238, 0.7740114, 0.4598813, 0.0, 0.4664233, 0.4927456],
+            [0.6192043, 0.9145331, 0.2390256, 0.0, 0.4560017, 0.5241861],
+            [0.619963, 0.7025022, 0.2867953, 0.0, 0.4308034, 0.4240897],
+            [0.4516559, 0.7276444, 0.2468111, 0.0, 0.4411053, 0.4443362],
+            [0.5493609, 0.7655353, 0.4229439, 0.0, 0.4281393, 0.4536467],
+            [0.5480034, 0.683759, 0.3334236, 0.0, 0.4811429, 0.4413545],
+            [0.459748, 0.6779481, 0.1849654, 0.0, 0.4589908, 0.4419495],
+            [0.3148301, 0.7043218, 0.2636557, 0.0, 0.4847835, 0.429811],
+        ],
+        "expert_priority_sum": 235.900277,
+        "expert_priority_head": [0.08361059, 0.4781396, 0.3905548, 0.6678162, 0.8383943, 0.8723208],
+        "expert_priority_min": 0.0752115261,
+        "pseudo_priority_sum": 183.164291,
+        "pseudo_priority_min": 0.0898153711,
+        "pseudo_size": 296,
+        "threshold": 0.481314927,
+        "reward": [1.304701, 1.315939, 1.309153, 1.322127, 1.317833, 1.314607, 1.317187, 1.313255],
+        "next_draws": [282207197, 876472100, 1778624360],
+    },
+    "sd2ail_gp": {
+        "losses": [
+            [0.9817626, 0.713137, 0.0, 0.992917, 0.4565526, 0.4326259],
+            [0.7041062, 0.6990453, 1.072335, 0.9916072, 0.4409476, 0.4560537],
+            [0.6378883, 0.6988971, 0.4289723, 0.9900023, 0.4532472, 0.4368088],
+            [0.5916402, 0.6722125, 0.4680152, 0.9887392, 0.4598284, 0.426325],
+            [0.5276983, 0.8344829, 0.500079, 0.9869038, 0.4323932, 0.4743544],
+            [0.5515627, 0.8210739, 0.2499356, 0.9867337, 0.4668277, 0.4908057],
+            [0.5955368, 0.750163, 0.361755, 0.9849324, 0.4234, 0.4390293],
+            [0.6670686, 0.6496512, 0.4009066, 0.9856068, 0.4331827, 0.4228913],
+            [0.6242087, 0.6722767, 0.3450087, 0.982263, 0.4284302, 0.4286019],
+            [0.4525752, 0.7618713, 0.3178686, 0.9801657, 0.463949, 0.4621472],
+            [0.5750447, 0.6655253, 0.3498426, 0.9798872, 0.4471685, 0.4357937],
+            [0.5383675, 0.7058059, 0.4104076, 0.9795065, 0.4387858, 0.4400299],
+        ],
+        "expert_priority_sum": 235.549078,
+        "expert_priority_head": [0.6958645, 0.4101837, 0.8930037, 0.6678162, 0.6198019, 0.666164],
+        "expert_priority_min": 0.0531429657,
+        "pseudo_priority_sum": 181.266835,
+        "pseudo_priority_min": 0.101245652,
+        "pseudo_size": 307,
+        "threshold": 0.474911928,
+        "reward": [1.284874, 1.297654, 1.283327, 1.300482, 1.28912, 1.279174, 1.307578, 1.293384],
+        "next_draws": [219356199, 876472100, 1778624360],
+    },
+    "diffail": {
+        "losses": [
+            [0.9817626, 0.713137, 0.0, 0.0, 0.4565526, 0.4326259],
+            [0.8357687, 0.6857424, 0.0, 0.0, 0.488016, 0.4287991],
+            [1.116942, 0.7124538, 0.0, 0.0, 0.4111983, 0.45678],
+        ],
+        "expert_priority_sum": 400.0,
+        "expert_priority_head": [1.0] * 6,
+        "expert_priority_min": 1.0,
+        "pseudo_priority_sum": 0.0,
+        "pseudo_priority_min": 0.0,
+        "pseudo_size": 0,
+        "threshold": float("nan"),
+        "reward": [1.295452, 1.296605, 1.293249, 1.301004, 1.296837, 1.292267, 1.295841, 1.300122],
+        "next_draws": [1188030178, 773786671, 913638093],
+    },
+    "gail": {
+        "losses": [
+            [0.6704019, 0.7554392, 0.0, 0.0, 0.5137843, 0.5285457],
+            [0.6806753, 0.7141432, 0.0, 0.0, 0.5132735, 0.5034694],
+            [0.7637845, 0.639818, 0.0, 0.0, 0.4793122, 0.4625037],
+        ],
+        "expert_priority_sum": 400.0,
+        "expert_priority_head": [1.0] * 6,
+        "expert_priority_min": 1.0,
+        "pseudo_priority_sum": 0.0,
+        "pseudo_priority_min": 0.0,
+        "pseudo_size": 0,
+        "threshold": float("nan"),
+        "reward": [1.492141, 1.309583, 1.203331, 1.415535, 1.147289, 0.9123315, 1.414595, 1.541306],
+        "next_draws": [794921487, 773786671, 913638093],
+    },
+    "sd2ail_hopper_sizes": {
+        "losses": [
+            [0.9935601, 0.6954247, 0.0, 0.0, 0.4453779, 0.4419819],
+            [0.4056918, 0.6836479, 0.9898733, 0.0, 0.4532286, 0.4355358],
+            [0.5732812, 0.6796823, 0.393183, 0.0, 0.4195342, 0.4367607],
+        ],
+        "expert_priority_sum": 240.455717,
+        "expert_priority_head": [0.5242906, 0.7333334, 0.4263024, 0.385219, 0.5954206, 0.6473447],
+        "expert_priority_min": 0.0623860252,
+        "pseudo_priority_sum": 5181.54359,
+        "pseudo_priority_min": 0.0516788727,
+        "pseudo_size": 6386,
+        "threshold": 0.556331158,
+        "reward": [1.622303, 1.627803, 1.627074, 1.628202, 1.624758, 1.624199, 1.630635, 1.620491],
+        "next_draws": [600240226, 876472100, 1968983961],
+    },
+}
+
+
+def pinned_config(case: str) -> LearnerConfig:
+    """The configurations the pins were computed with: the small test presets, one with a
+    gradient penalty, and the Hopper preset's network and batch sizes (2,304 loss rows, 12,800
+    candidates per generation round) on the test data."""
+    if case == "sd2ail_gp":
+        return replace_nested(small_config("sd2ail"), "discriminator", grad_penalty=0.1)
+    if case == "sd2ail_hopper_sizes":
+        return replace(preset("hopper", "sd2ail"), env_id="", min_agent_size=64)
+    return small_config(case)
+
+
+def pinned_run(config: LearnerConfig, n_updates: int) -> dict[str, object]:
+    """The quantities PINNED holds, after `n_updates` single updates from seed 0."""
+    learner = RewardLearner(config, make_demos(n_episodes=2), seed=0)
+    obs, act, next_obs = agent_batch(1000, seed=1)
+    learner.add_agent(obs, act, next_obs)
+    losses = []
+    for _ in range(n_updates):
+        figures = learner.train(1)
+        losses.append([figures[k] for k in PIN_LOSS_KEYS])
+    state = learner.replay.state_dict()
+    expert = np.concatenate(
+        [np.asarray(state[f"expert.{i}.priorities"]) for i in range(learner.replay.n_trajectories)]
+    )
+    pseudo = np.asarray(state["pseudo.priorities"])
+    probe_obs, probe_act, _ = agent_batch(8, seed=7)
+    reward = learner.reward(probe_obs, probe_act)
+    # what each generator draws next pins how many numbers the updates consumed
+    replay_rng = np.random.default_rng()
+    replay_rng.bit_generator.state = json.loads(str(state["rng_state"]))
+    next_draws = [
+        int(torch.randint(0, 2**31, (1,), generator=learner._torch_gen)),
+        int(learner._rng.integers(0, 2**31)),
+        int(replay_rng.integers(0, 2**31)),
+    ]
+    return {
+        "losses": losses,
+        "expert_priority_sum": float(expert.sum()),
+        "expert_priority_head": expert[:6].tolist(),
+        "expert_priority_min": float(expert.min()),
+        "pseudo_priority_sum": float(pseudo.sum()),
+        "pseudo_priority_min": float(pseudo.min()) if pseudo.size else 0.0,
+        "pseudo_size": int(pseudo.size),
+        "threshold": learner.threshold,
+        "reward": reward.tolist(),
+        "next_draws": next_draws,
+    }
+
+
+@pytest.mark.parametrize("case", list(PINNED))
+def test_default_updates_reproduce_the_pinned_numbers(case: str) -> None:
+    """Losses, D values, PEDR priorities, the threshold, the pseudo buffer, rewards and the
+    generators' positions after a few updates (two generation rounds for the small SD2AIL
+    cases) equal the pre-change values to float rounding (rtol 1e-5 on float32 figures that
+    went through a dozen Adam steps; counts and draws exactly)."""
+    want = PINNED[case]
+    got = pinned_run(pinned_config(case), len(want["losses"]))  # type: ignore[arg-type]
+    for key in ("pseudo_size", "next_draws"):
+        assert got[key] == want[key], key
+    for key, value in want.items():
+        if key not in ("pseudo_size", "next_draws"):
+            np.testing.assert_allclose(
+                np.asarray(got[key], dtype=np.float64),
+                np.asarray(value, dtype=np.float64),
+                rtol=1e-5,
+                atol=1e-7,
+                equal_nan=True,
+                err_msg=key,
+            )
