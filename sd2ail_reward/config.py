@@ -60,6 +60,13 @@ class DiscriminatorConfig:
     """Each BCE term is clamped here, as torch.nn.BCELoss clamps log at -100."""
     input_clip: float = 1e4
     """Normalised inputs are clipped to +-input_clip so a reward is finite for any finite input."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 runs the discriminator's forward passes on the CPU (training step, rewards,
+    pseudo-expert generation) under torch.autocast: matmuls in bf16, the losses, eps errors and
+    rewards in float32. Not the paper's arithmetic, so off by default: on a CPU with native bf16
+    (AVX512-BF16 / AMX; refused on others, where it would only be emulated) a Hopper SD2AIL
+    update costs ~1.9x less, for rewards within 2e-2 relative of float32's (tests state the
+    tolerances; benchmarks/README.md the timings). CUDA tensors ignore it."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sd2ail_reward.mish import Mish
+from sd2ail_reward.mish import Mish, mish_
 
 
 class NoiseSchedule(nn.Module):
@@ -143,6 +143,60 @@ def eps_sq_err_all_steps(
     return (eps_hat - eps_RD[None]).pow(2)
 
 
+CPU_BLOCK_ROWS = 2048
+"""Rows the CPU forward-only paths (reverse chain, D_reward) push through the network together.
+
+A (2048, 256) float32 activation is 2 MiB, so a block's activations stay in cache from one
+layer to the next; a 12,800-row chain (13 MiB per activation) or a 4,096-item D_reward chunk
+(40,960 rows, 42 MiB) streams every elementwise pass through memory and re-faults freshly
+mapped pages on every allocation (measured: a third or more of a generation round's CPU time
+went to page faults; benchmarks/README.md). Each row's result does not depend on the
+rows computed beside it, so blocking changes no value. CUDA keeps whole batches."""
+
+
+def row_blocks(n_rows: int, device: torch.device, rows_per_item: int = 1) -> list[slice]:
+    """Slices of `n_rows` items of `rows_per_item` network rows each, in blocks of about
+    `CPU_BLOCK_ROWS` network rows on the CPU (one block elsewhere). The blocks are balanced,
+    never a ragged tail of a few rows: the CPU matmul kernels for 1-3 rows round differently
+    from those for larger batches, which blocking must not change."""
+    per_block = max(1, CPU_BLOCK_ROWS // max(rows_per_item, 1))
+    if device.type != "cpu" or n_rows <= per_block:
+        return [slice(0, n_rows)]
+    n_blocks = -(-n_rows // per_block)
+    base, extra = divmod(n_rows, n_blocks)  # the first `extra` blocks hold one row more
+    starts = [i * base + min(i, extra) for i in range(n_blocks + 1)]
+    return [slice(starts[i], starts[i + 1]) for i in range(n_blocks)]
+
+
+def _denoise_no_grad(denoiser: Denoiser, x_BD: Tensor, temb_1E: Tensor) -> Tensor:
+    """`denoiser(x, t)` for rows that share one timestep, given that step's embedding: the same
+    values as the module call (the embedding of a step does not depend on the row), with the
+    activations updated in place (forward only)."""
+    h = torch.cat([x_BD, temb_1E.expand(x_BD.shape[0], -1)], dim=-1)
+    for layer in denoiser.body:
+        h = layer(h) if isinstance(layer, nn.Linear) else mish_(h)
+    return h
+
+
+def _chain_step(
+    schedule: NoiseSchedule,
+    step: int,
+    x_BD: Tensor,
+    eps_hat_BD: Tensor,
+    noise_BD: Tensor | None,
+    clamp_dims: slice | None,
+    clamp_value: float,
+) -> Tensor:
+    """x_{t-1} from x_t and the predicted noise (posterior mean, plus noise for t > 0)."""
+    x0_hat = schedule.sqrt_recip_ac_T[step] * x_BD - schedule.sqrt_recipm1_ac_T[step] * eps_hat_BD
+    if clamp_dims is not None:
+        x0_hat[:, clamp_dims] = x0_hat[:, clamp_dims].clamp(-clamp_value, clamp_value)
+    mean = schedule.post_coef_x0_T[step] * x0_hat + schedule.post_coef_xt_T[step] * x_BD
+    if noise_BD is None:
+        return mean
+    return mean + (0.5 * schedule.post_log_var_T[step]).exp() * noise_BD
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -153,26 +207,50 @@ def sample(
     clamp_dims: slice | None = None,
     clamp_value: float = 1.0,
 ) -> Tensor:
-    """Ancestral DDPM reverse chain from x ~ N(0, I), fully batched over `n_samples`.
+    """Ancestral DDPM reverse chain from x ~ N(0, I), batched over `n_samples`.
 
     The x0 prediction of `clamp_dims` (the action dims, and only those) is clamped to
     +-clamp_value at every step and at the end, as the reference clamps its actions.
+
+    All noise is drawn first, in the order and shapes of a step-by-step chain over the whole
+    batch (x_T, then one (N, D) draw per step T-1..1). On the CPU the rows are then blocked
+    (`row_blocks`) and each block runs all T steps while it is in cache, which changes no
+    value; other devices run the whole batch step by step.
     """
     device = schedule.betas_T.device
     dim = denoiser.input_dim
     x_ND = torch.randn((n_samples, dim), generator=generator, device=device)
-    for step in reversed(range(schedule.n_timesteps)):
-        t_N = torch.full((n_samples,), step, dtype=torch.long, device=device)
-        eps_hat = denoiser(x_ND, t_N)
-        x0_hat = schedule.sqrt_recip_ac_T[step] * x_ND - schedule.sqrt_recipm1_ac_T[step] * eps_hat
+    steps = list(reversed(range(schedule.n_timesteps)))
+    noise = {
+        step: torch.randn((n_samples, dim), generator=generator, device=device)
+        for step in steps
+        if step > 0
+    }
+    if device.type != "cpu":
+        for step in steps:
+            t_N = torch.full((n_samples,), step, dtype=torch.long, device=device)
+            eps_hat = denoiser(x_ND, t_N)
+            x_ND = _chain_step(
+                schedule, step, x_ND, eps_hat, noise.get(step), clamp_dims, clamp_value
+            )
         if clamp_dims is not None:
-            x0_hat[:, clamp_dims] = x0_hat[:, clamp_dims].clamp(-clamp_value, clamp_value)
-        mean = schedule.post_coef_x0_T[step] * x0_hat + schedule.post_coef_xt_T[step] * x_ND
-        if step > 0:
-            noise = torch.randn((n_samples, dim), generator=generator, device=device)
-            x_ND = mean + (0.5 * schedule.post_log_var_T[step]).exp() * noise
-        else:
-            x_ND = mean
-    if clamp_dims is not None:
-        x_ND[:, clamp_dims] = x_ND[:, clamp_dims].clamp(-clamp_value, clamp_value)
+            x_ND[:, clamp_dims] = x_ND[:, clamp_dims].clamp(-clamp_value, clamp_value)
+        return x_ND
+    # One embedding row per step, computed in a batch of up to 16 identical rows (as many as
+    # the chain has when fewer) so that the kernel, and so the rounding, is the batched one.
+    temb = {
+        step: denoiser.time_mlp(
+            torch.full((min(n_samples, 16),), step, dtype=torch.long, device=device)
+        )[:1]
+        for step in steps
+    }
+    for rows in row_blocks(n_samples, device):
+        x_BD = x_ND[rows]
+        for step in steps:
+            eps_hat = _denoise_no_grad(denoiser, x_BD, temb[step])
+            step_noise = noise[step][rows] if step > 0 else None
+            x_BD = _chain_step(schedule, step, x_BD, eps_hat, step_noise, clamp_dims, clamp_value)
+        if clamp_dims is not None:
+            x_BD[:, clamp_dims] = x_BD[:, clamp_dims].clamp(-clamp_value, clamp_value)
+        x_ND[rows] = x_BD
     return x_ND

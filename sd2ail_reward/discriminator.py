@@ -7,6 +7,8 @@ and the reward `-log(1 - D)` are computed without ever forming `log(1 - x)` of a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +23,7 @@ from sd2ail_reward.diffusion import (
     eps_mse_one_step,
     eps_sq_err_all_steps,
     reset_parameters,
+    row_blocks,
     sample,
 )
 from sd2ail_reward.mish import mish_
@@ -30,6 +33,9 @@ _TINY = 1e-30  # floor of 1 - D_reward in float32: caps the reward at -log(1e-30
 
 class Discriminator(Protocol):
     """What the learner needs from a discriminator."""
+
+    compute_dtype: str
+    """"float32" or "bfloat16" (CPU autocast of its forwards; see DiscriminatorConfig)."""
 
     def parameters(self, recurse: bool = True):  # type: ignore[no-untyped-def]
         ...
@@ -50,6 +56,35 @@ class Discriminator(Protocol):
 def _log_one_minus_exp_neg(m_B: Tensor) -> Tensor:
     """log(1 - exp(-m)) for m >= 0, stable near 0 (expm1) and for large m."""
     return torch.log((-torch.expm1(-m_B)).clamp_min(_TINY))
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_compute_dtype(compute_dtype: str) -> str:
+    """`compute_dtype` if this machine can honour it, else ValueError: bf16 autocast on a CPU
+    without native bf16 is emulated and slower than float32, never what the option is for."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    if compute_dtype == "bfloat16" and not cpu_bf16_supported():
+        raise ValueError(
+            "compute_dtype='bfloat16' needs a CPU with native bf16 (AVX512-BF16 or AMX); "
+            "this one has neither: use float32"
+        )
+    return compute_dtype
+
+
+def _autocast(compute_dtype: str, x: Tensor) -> contextlib.AbstractContextManager[object]:
+    """CPU bf16 autocast for a forward on `x` when asked for; float32 (no-op) otherwise and on
+    every other device, so the GPU path is unchanged."""
+    if compute_dtype == "bfloat16" and x.device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class RewardScorer:
@@ -95,17 +130,38 @@ class RewardScorer:
         h.view(batch, self.rows, -1).add_(self.h0_RH)
         for bias, weight_T in self.layers:
             h = torch.addmm(bias, mish_(h), weight_T)
+        if h.dtype != self.eps_RD.dtype:  # bf16 autocast: the errors are taken in float32
+            h = h.to(self.eps_RD.dtype)
         err = h.view(batch, self.rows, self.dim).sub_(self.eps_RD)
         return torch.nan_to_num_(err.mul_(err), nan=float("inf"), posinf=float("inf"))
 
+    def _per_item(self, x0_BD: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:
+        """`reduce(sq_err(x))` in blocks of about `CPU_BLOCK_ROWS` network rows (see
+        `row_blocks`): the same values as one call, with the activations kept in cache."""
+        blocks = row_blocks(x0_BD.shape[0], x0_BD.device, self.rows)
+        if len(blocks) == 1:
+            return reduce(self.sq_err(x0_BD))
+        out_B = x0_BD.new_empty(x0_BD.shape[0])
+        for rows in blocks:
+            out_B[rows] = reduce(self.sq_err(x0_BD[rows]))
+        return out_B
+
     def log_one_minus_d(self, x0_BD: Tensor) -> Tensor:
         """log(mean(1 - exp(-err^2))) per row, clamped at 1e-30."""
-        mean_expm1_B = self.sq_err(x0_BD).neg_().expm1_().mean(dim=(1, 2))
-        return torch.log(mean_expm1_B.neg_().clamp_min_(_TINY))
+        return self._per_item(x0_BD, _log_mean_one_minus_exp_neg)
 
     def d(self, x0_BD: Tensor) -> Tensor:
         """mean(exp(-err^2)) per row."""
-        return self.sq_err(x0_BD).neg_().exp_().mean(dim=(1, 2))
+        return self._per_item(x0_BD, _mean_exp_neg)
+
+
+def _log_mean_one_minus_exp_neg(sq_err_BRD: Tensor) -> Tensor:
+    mean_expm1_B = sq_err_BRD.neg_().expm1_().mean(dim=(1, 2))
+    return torch.log(mean_expm1_B.neg_().clamp_min_(_TINY))
+
+
+def _mean_exp_neg(sq_err_BRD: Tensor) -> Tensor:
+    return sq_err_BRD.neg_().exp_().mean(dim=(1, 2))
 
 
 class DiffusionDiscriminator(nn.Module):
@@ -122,11 +178,13 @@ class DiffusionDiscriminator(nn.Module):
         *,
         action_dims: slice | None = None,
         input_clip: float = 1e4,
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.action_dims = action_dims
         self.input_clip = input_clip
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.schedule = NoiseSchedule(config.n_timesteps, config.beta_start, config.beta_end)
         self.denoiser = Denoiser(input_dim, config.hidden_dim, config.time_embed_dim)
         reset_parameters(self.denoiser, generator)
@@ -141,8 +199,9 @@ class DiffusionDiscriminator(nn.Module):
         return x_BD.clamp(-self.input_clip, self.input_clip)
 
     def train_log_probs(self, x_BD: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        m_B = eps_mse_one_step(self.denoiser, self.schedule, self._clip(x_BD), generator)
-        m_B = torch.nan_to_num(m_B, nan=float("inf"))
+        with _autocast(self.compute_dtype, x_BD):
+            m_B = eps_mse_one_step(self.denoiser, self.schedule, self._clip(x_BD), generator)
+        m_B = torch.nan_to_num(m_B.float(), nan=float("inf"))
         return -m_B, _log_one_minus_exp_neg(m_B)
 
     def _reward_sq_err(self, x_BD: Tensor) -> Tensor:
@@ -178,33 +237,44 @@ class DiffusionDiscriminator(nn.Module):
 
     def reward_log_one_minus_d(self, x_BD: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.reward_scorer().log_one_minus_d(self._clip(x_BD))
+            scorer = self.reward_scorer()  # its constants are built in float32
+            with _autocast(self.compute_dtype, x_BD):
+                return scorer.log_one_minus_d(self._clip(x_BD))
 
     def reward_d(self, x_BD: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.reward_scorer().d(self._clip(x_BD))
+            scorer = self.reward_scorer()
+            with _autocast(self.compute_dtype, x_BD):
+                return scorer.d(self._clip(x_BD))
 
     def sample(self, n_samples: int, generator: torch.Generator, max_action: float) -> Tensor:
         """Pseudo-expert candidates from the reverse chain; only action dims are clamped."""
-        return sample(
-            self.denoiser,
-            self.schedule,
-            n_samples,
-            generator,
-            clamp_dims=self.action_dims,
-            clamp_value=max_action,
-        )
+        with _autocast(self.compute_dtype, self.schedule.betas_T):
+            return sample(
+                self.denoiser,
+                self.schedule,
+                n_samples,
+                generator,
+                clamp_dims=self.action_dims,
+                clamp_value=max_action,
+            )
 
 
 class MLPDiscriminator(nn.Module):
     """GAIL / DAC baseline: D = sigmoid(f(x)) with a 2-layer tanh MLP."""
 
     def __init__(
-        self, input_dim: int, hidden_dim: int, generator: torch.Generator, input_clip: float = 1e4
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        generator: torch.Generator,
+        input_clip: float = 1e4,
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.input_clip = input_clip
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.net = nn.Sequential(
             nn.Linear(input_dim, hidden_dim),
             nn.Tanh(),
@@ -215,8 +285,9 @@ class MLPDiscriminator(nn.Module):
         reset_parameters(self.net, generator)
 
     def _logit(self, x_BD: Tensor) -> Tensor:
-        logit = self.net(x_BD.clamp(-self.input_clip, self.input_clip)).squeeze(-1)
-        return torch.nan_to_num(logit, nan=0.0)
+        with _autocast(self.compute_dtype, x_BD):
+            logit = self.net(x_BD.clamp(-self.input_clip, self.input_clip)).squeeze(-1)
+        return torch.nan_to_num(logit.float(), nan=0.0)
 
     def train_log_probs(self, x_BD: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         logit_B = self._logit(x_BD)
@@ -248,10 +319,15 @@ def build_discriminator(
             generator,
             action_dims=action_dims,
             input_clip=disc_config.input_clip,
+            compute_dtype=disc_config.compute_dtype,
         )
     if disc_config.kind == "mlp":
         return MLPDiscriminator(
-            input_dim, disc_config.mlp_hidden_dim, generator, input_clip=disc_config.input_clip
+            input_dim,
+            disc_config.mlp_hidden_dim,
+            generator,
+            input_clip=disc_config.input_clip,
+            compute_dtype=disc_config.compute_dtype,
         )
     raise ValueError(f"unknown discriminator kind {disc_config.kind!r}")
 
@@ -308,21 +384,29 @@ def bce_loss(
     torch.nn.BCELoss does; IS weights apply to the expert and pseudo terms only.
     """
     clamp = config.loss_clamp
-    log_d_e, _ = disc.train_log_probs(x_expert_BD, generator)
-    _, log_1md_a = disc.train_log_probs(x_agent_BD, generator)
+    use_pseudo = x_pseudo_BD is not None and w_pseudo_B is not None and x_pseudo_BD.shape[0] > 0
+    log_d_f: Tensor | None = None
+    gp = torch.zeros((), device=x_expert_BD.device)
+    # One autocast region for every forward (a no-op in float32): under bf16 the weights are
+    # cast once per update, not once per forward. Noise is drawn in the same order either way.
+    with _autocast(disc.compute_dtype, x_expert_BD):
+        log_d_e, _ = disc.train_log_probs(x_expert_BD, generator)
+        _, log_1md_a = disc.train_log_probs(x_agent_BD, generator)
+        if use_pseudo:
+            assert x_pseudo_BD is not None
+            log_d_f, _ = disc.train_log_probs(x_pseudo_BD, generator)
+        if config.grad_penalty > 0:
+            gp = gradient_penalty(disc, x_expert_BD, x_agent_BD, generator)
     expert_term = (w_expert_B * (-log_d_e).clamp(max=clamp)).mean()
     agent_term = (-log_1md_a).clamp(max=clamp).mean()
     loss = expert_term + agent_term
     pseudo_term = torch.zeros((), device=loss.device)
     d_pseudo: Tensor | None = None
-    if x_pseudo_BD is not None and w_pseudo_B is not None and x_pseudo_BD.shape[0] > 0:
-        log_d_f, _ = disc.train_log_probs(x_pseudo_BD, generator)
+    if log_d_f is not None and w_pseudo_B is not None:
         pseudo_term = (w_pseudo_B * (-log_d_f).clamp(max=clamp)).mean()
         loss = loss + pseudo_term
         d_pseudo = log_d_f.detach().exp()
-    gp = torch.zeros((), device=loss.device)
     if config.grad_penalty > 0:
-        gp = gradient_penalty(disc, x_expert_BD, x_agent_BD, generator)
         loss = loss + config.grad_penalty * gp
     return LossOutput(
         loss=loss,
