@@ -60,6 +60,13 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
         "--refresh-every", type=int, help="updates between pseudo-expert generation rounds"
     )
     g.add_argument("--diffusion-steps", type=int, help="diffusion steps T of the discriminator")
+    g.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        help="the discriminator's forward passes on the CPU: bfloat16 (autocast; ~1.9x cheaper "
+        "updates on CPUs with native bf16, refused elsewhere; not the paper's arithmetic) or "
+        "float32 (default)",
+    )
 
 
 def learner_config(args: argparse.Namespace, env_id: str) -> LearnerConfig:
@@ -76,6 +83,8 @@ def learner_config(args: argparse.Namespace, env_id: str) -> LearnerConfig:
         disc = dataclasses.replace(disc, mlp_hidden_dim=args.hidden_dim)
     if args.diffusion_steps is not None:
         diffusion = dataclasses.replace(diffusion, n_timesteps=args.diffusion_steps)
+    if args.compute_dtype is not None:
+        disc = dataclasses.replace(disc, compute_dtype=args.compute_dtype)
     for flag, name in (("lr", "lr"), ("expert_batch", "expert_batch")):
         if getattr(args, flag) is not None:
             disc = dataclasses.replace(disc, **{name: getattr(args, flag)})

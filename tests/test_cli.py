@@ -119,3 +119,14 @@ def test_every_train_field_is_reachable_from_the_command_line() -> None:
             assert changed == {"sac_recipe", "lr", "adam_beta1", "alpha", "fixed_length"}
         else:
             assert changed == {field}, (field, changed)
+
+
+def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
+    from sd2ail_reward.serve_cli import learner_config
+
+    def config(*flags: str) -> object:
+        args = build_parser().parse_args(["serve", "--demos", "d.zarr", *flags])
+        return learner_config(args, "Hopper-v5").discriminator.compute_dtype
+
+    assert config() == "float32"
+    assert config("--compute-dtype", "bfloat16") == "bfloat16"
