@@ -14,7 +14,8 @@ threshold's expert batch: the body's Linear + Mish layers only, in cache-sized b
 The update is split into parts by timers around the learner's calls, each charged exclusively
 (PEDR sum-tree descent; the rest of PEDR sampling, with the importance weights and row
 gathers; priority updates; agent sampling; host-to-tensor copies; the loss forward; backward;
-Adam; the threshold; the generation's reverse chain and its D_reward filter; other = the rest).
+Adam; the threshold; the generation's reverse chain and its D_reward filter; other = the rest),
+and `reward_256` times `learner.reward` on 256 transitions (one relabelled SAC batch, all T).
 `--profile` adds torch.profiler's op table of one sd2ail block.
 
 Every variant is timed once per round, rounds interleaved (A/B/A/B), so a ratio compares
@@ -39,6 +40,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import functools
 import importlib
 import io
 import os
@@ -286,6 +288,7 @@ class Case:
     bare: Callable[[], None]
     bare_calls: int
     generation: Callable[[], None] | None
+    reward: Callable[[], object]
     times: dict[str, list[float]] = dataclasses.field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -310,6 +313,7 @@ def run_round(case: Case, block: int) -> None:
         if part in timer.seconds:
             case.times[part].append(timer.seconds[part] / block * 1e3)
     case.times["bare_step"].append(seconds(case.bare, case.bare_calls) * 1e3)
+    case.times["reward_256"].append(seconds(case.reward, 20) * 1e3)
     if case.generation is not None:
         refresh = case.learner.config.synthetic.refresh_every
         case.times["bare_generation"].append(seconds(case.generation, 1) / refresh * 1e3)
@@ -458,6 +462,7 @@ def main() -> None:
                         bare=bare_step(learner, dtype),
                         bare_calls=max(5, 46_080 // bare_rows(learner.config)),
                         generation=bare_generation(learner, dtype) if algo == "sd2ail" else None,
+                        reward=functools.partial(learner.reward, obs[:256], act[:256]),
                     )
                 )
     block = packages[-1].config.preset("hopper", "sd2ail").synthetic.refresh_every
@@ -492,7 +497,7 @@ def main() -> None:
         writer.writerows(rows)
     for row in rows:
         if (
-            row["quantity"] in ("update", "bare_step", "bare_generation")
+            row["quantity"] in ("update", "bare_step", "bare_generation", "reward_256")
             or "over" in row["quantity"]
         ):
             print(*(row[k] for k in ("variant", "preset", "dtype", "quantity")), end=" ")
