@@ -118,12 +118,13 @@ def plain_sac_update(batch_size: int) -> Callable[[], None]:
 def learner_costs(algo: str) -> tuple[float, float]:
     """(relabel reward of 256 rows, one discriminator update's bare arithmetic), ms."""
     from benchmarks.disc_update_cost import bare_step
-    from sd2ail_reward.config import preset
+    from sd2ail_reward.config import ALGOS, preset
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
 
     demos = read_demos(REPO / "demos" / "Hopper-v5.zarr", num_episodes=1)
-    learner = RewardLearner(preset("hopper", algo), demos, seed=0)
+    known = {str(name): name for name in ALGOS}  # the Literal the preset takes
+    learner = RewardLearner(preset("hopper", known[algo]), demos, seed=0)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(demos.obs), 256)
     noise = rng.normal(0, 0.1, demos.action[idx].shape).astype(np.float32)

@@ -28,9 +28,9 @@ from sd2ail_reward.discriminator import (
     build_discriminator,
     reward_from_log_one_minus_d,
 )
+from sd2ail_reward.expert_replay import ExpertReplay
 from sd2ail_reward.metrics import frechet_distance
 from sd2ail_reward.normalize import InputNormalizer
-from sd2ail_reward.pedr import ExpertReplay
 from sd2ail_reward.synthetic import d_reward, dynamic_threshold, generate_pseudo_experts
 
 STATE_FORMAT = 1

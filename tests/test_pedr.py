@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sd2ail_reward.config import PEDRConfig
-from sd2ail_reward.pedr import ExpertReplay, PrioritizedBuffer, PrioritizedSample, SumTree
+from sd2ail_reward.expert_replay import ExpertReplay
+from sd2ail_reward.pedr import PrioritizedBuffer, PrioritizedSample, SumTree
 
 # Chi-square critical value for 19 degrees of freedom (20 slots) at p = 1e-6:
 # scipy.stats.chi2.ppf(1 - 1e-6, 19). A correct sampler fails this once in a million runs.
