@@ -8,6 +8,7 @@ to push, train, score and checkpoint.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -416,7 +417,11 @@ class RewardLearner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a `state_dict()`; refuses one from another format, env or shape."""
+        """Restore a `state_dict()`; refuses one from another format, env or shape.
+
+        The state is copied first: parts of it would otherwise be shared with whatever else
+        holds it (another learner loaded from the same dict) and move when that one trains."""
+        state = copy.deepcopy(dict(state))
         if state.get("format") != STATE_FORMAT:
             raise ValueError(
                 f"learner state: expected format {STATE_FORMAT}, got {state.get('format')}"
@@ -435,7 +440,7 @@ class RewardLearner:
         self._expert_rows = self.replay.expert_rows()
         self.agent.load_state_dict(_to_numpy_tree(state["agent"]))
         self._rng.bit_generator.state = json.loads(state["rng"]["numpy"])
-        self._torch_gen.set_state(state["rng"]["torch"].cpu())
+        restore_generator(self._torch_gen, state["rng"]["torch"])
         counters = state["counters"]
         self.n_updates = int(counters["n_updates"])
         self.threshold = float(counters["threshold"])
@@ -448,3 +453,16 @@ class RewardLearner:
     def config_from_state(cls, state: Mapping[str, Any]) -> LearnerConfig:
         """The configuration a saved state was made with (to rebuild a learner for it)."""
         return from_dict(json.loads(state["config"]))
+
+
+def restore_generator(gen: torch.Generator, saved: Tensor) -> None:
+    """Puts a saved torch generator state back. A state saved on another device type (the
+    CPU's Mersenne Twister, 5,056 bytes, against CUDA's Philox seed and offset, 16) cannot be
+    set: the stream then restarts from a seed derived from the saved state, so a checkpoint
+    resumed across devices still resumes deterministically (everything else carries over)."""
+    saved = saved.cpu()
+    if saved.numel() == gen.get_state().numel():
+        gen.set_state(saved)
+        return
+    digest = hashlib.sha256(saved.numpy().tobytes()).digest()
+    gen.manual_seed(int.from_bytes(digest[:8], "little") >> 1)

@@ -180,6 +180,48 @@ def test_cuda_learner_matches_cpu_rewards_closely() -> None:
     assert np.isfinite(gpu.reward(obs, act)).all()
 
 
+def test_learners_loaded_from_one_state_share_nothing_and_resume_exactly() -> None:
+    """Loading copies the state: two learners loaded from the same state dict (a server's
+    checkpoint read once, say) then train exactly as the source does. Before the copy they
+    shared arrays of the state, so one's training moved the other's and they diverged."""
+    source = fresh()
+    obs, act, _ = agent_batch(512, seed=11)
+    source.add_agent(obs, act, obs)
+    source.train(3)
+    state = source.state_dict()
+    copies = [RewardLearner(small_config(), make_demos(n_episodes=2)) for _ in range(2)]
+    for learner in copies:
+        learner.load_state_dict(state)
+    for learner in (*copies, source):
+        learner.train(5)
+    for learner in copies:
+        np.testing.assert_array_equal(learner.reward(obs, act), source.reward(obs, act))
+
+
+def test_a_state_from_another_device_type_loads_and_resumes_deterministically() -> None:
+    """A CUDA generator's state (16 bytes of Philox seed and offset) cannot be set on a CPU
+    generator nor the CPU's on CUDA: everything else loads, and the torch stream restarts
+    from a seed derived from the saved state, the same on every load."""
+    source = fresh()
+    obs, act, _ = agent_batch(512, seed=11)
+    source.add_agent(obs, act, obs)
+    source.train(3)
+    state = source.state_dict()
+    state["rng"]["torch"] = torch.arange(16, dtype=torch.uint8)  # as a CUDA generator saves
+
+    def resumed() -> RewardLearner:
+        learner = RewardLearner(small_config(), make_demos(n_episodes=2))
+        learner.load_state_dict(state)
+        return learner
+
+    first, second = resumed(), resumed()
+    np.testing.assert_array_equal(first.reward(obs, act), source.reward(obs, act))
+    first.train(5)
+    second.train(5)
+    np.testing.assert_array_equal(first.reward(obs, act), second.reward(obs, act))
+    assert first.n_updates == 8
+
+
 def test_learner_imports_neither_zarr_nor_gymnasium() -> None:
     """The engine takes in-memory DemoSets: reading stores (zarr) and envs (gymnasium) stay
     outside it. Checked in a fresh interpreter, where nothing else imported them first."""
