@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sd2ail_reward.config import LearnerConfig, preset, replace
-from sd2ail_reward.demos import DemoSet
+from sd2ail_reward.demoset import DemoSet
 
 OBS_DIM, ACT_DIM = 3, 1
 
