@@ -132,7 +132,7 @@ def test_a_signal_to_the_parents_group_does_not_reach_the_server(
     parent, server_pid = _start_parent(demo_store, tmp_path / "server.log")
     try:
         os.killpg(parent.pid, signal.SIGINT)
-        out, _ = parent.communicate(timeout=120)
+        out, _ = parent.communicate(timeout=300)  # a loaded machine: health, then SIGTERM
     finally:
         if parent.poll() is None:
             parent.kill()
