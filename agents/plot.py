@@ -38,9 +38,14 @@ def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run_label(run_dir: Path) -> tuple[str, float | None]:
-    """'algo env seed' and the expert return recorded in the run's summary, if any."""
+    """'algo env seed' (what the reward was, where it was not the learned one) and the expert
+    return recorded in the run's summary, if any."""
     config = json.loads((run_dir / "config.json").read_text())
-    label = f"{config.get('algo', '?')} {config.get('env', '')} s{config.get('seed', '')}"
+    reward = config.get("reward") or ("frozen" if config.get("frozen_discriminator") else "")
+    algo = {"env": "SAC, true reward", "frozen": f"{config.get('algo', '?')}, frozen D"}.get(
+        reward, config.get("algo", "?")
+    )
+    label = f"{algo} {config.get('env', '')} s{config.get('seed', '')}"
     summary = run_dir / "summary.json"
     expert = json.loads(summary.read_text()).get("expert_return") if summary.exists() else None
     return label, expert
