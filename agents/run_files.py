@@ -16,14 +16,7 @@ import torch
 from tianshou.algorithm.modelfree.sac import SACTrainingStats
 
 from agents.checkpoints import TrainState
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from sd2ail_reward.checkpoint import fsync_path
 
 
 @contextmanager
@@ -32,7 +25,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

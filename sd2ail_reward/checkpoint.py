@@ -68,7 +68,8 @@ def _gen_key(path: Path) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -190,10 +191,10 @@ class CheckpointStore:
                 _write_file(tmp / name, data)
             # The manifest goes last: a generation without one is never considered complete.
             _write_file(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
-            _fsync_dir(tmp)
+            fsync_path(tmp)
             final = self._free_name(step)
             os.replace(tmp, final)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -221,7 +222,7 @@ class CheckpointStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.root)
+        fsync_path(self.root)
 
     def _remove_stale_tmp(self) -> None:
         """Remove work left by a save that crashed (single writer, so none is in progress)."""

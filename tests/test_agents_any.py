@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from conftest_server import REPO, SMALL_FLAGS, ServerProcess
 from grpc import StatusCode
+from reward_probes import expert_margin, probe_rows
 
 from sd2ail_reward.client import RewardClient, RewardServiceError
-from sd2ail_reward.demos import read_demos
 
 DEMOS = REPO / "demos" / "Pendulum-v1.zarr"
 TRAIN_EPISODE = 6
@@ -137,20 +137,6 @@ def test_remote_example_server_and_agent_in_two_processes(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------------------ minimal SAC
-
-
-def probe_rows(episodes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expert (obs, action) rows of `episodes`, and uniform random actions at the same states."""
-    demos = read_demos(DEMOS, episodes=episodes)
-    rng = np.random.default_rng(0)
-    random_act = rng.uniform(-2.0, 2.0, demos.action.shape).astype(np.float32)
-    return demos.obs, demos.action, random_act
-
-
-def expert_margin(client: RewardClient, rows: tuple[np.ndarray, ...]) -> float:
-    """Mean learned reward of the expert's actions minus that of random actions, same states."""
-    obs, expert_act, random_act = rows
-    return float(client.reward(obs, expert_act).mean() - client.reward(obs, random_act).mean())
 
 
 def test_minimal_sac_raises_learned_reward_of_expert_behaviour(tmp_path: Path) -> None:

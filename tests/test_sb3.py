@@ -19,30 +19,15 @@ from conftest_server import REPO, SMALL_FLAGS
 
 pytest.importorskip("stable_baselines3", reason="sb3 extra not installed (pip install -e '.[sb3]')")
 
+from reward_probes import expert_margin, probe_rows
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.sb3_example import Args, RelabelingReplayBuffer, train
-from sd2ail_reward.client import RewardClient
-from sd2ail_reward.demos import read_demos
 from sd2ail_reward.spawn import LocalServer
 
 DEMOS = REPO / "demos" / "Pendulum-v1.zarr"
 TRAIN_EPISODE = 6
 HELD_OUT_EPISODES = [1, 2, 10, 12, 14]
-
-
-def probe_rows(episodes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expert (obs, action) rows of `episodes`, and uniform random actions at the same states."""
-    demos = read_demos(DEMOS, episodes=episodes)
-    rng = np.random.default_rng(0)
-    random_act = rng.uniform(-2.0, 2.0, demos.action.shape).astype(np.float32)
-    return demos.obs, demos.action, random_act
-
-
-def expert_margin(client: RewardClient, rows: tuple[np.ndarray, ...]) -> float:
-    """Mean learned reward of the expert's actions minus that of random actions, same states."""
-    obs, expert_act, random_act = rows
-    return float(client.reward(obs, expert_act).mean() - client.reward(obs, random_act).mean())
 
 
 class InfoCheck(BaseCallback):
