@@ -31,7 +31,7 @@ ARCHIVE = REPO / "benchmarks" / "results" / "runs"
 RUNS_CSV = REPO / "benchmarks" / "results" / "runs.csv"
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "timings.json", "provenance.json")
 COLUMNS = (
-    "run", "env", "num_demos", "demo_subsample", "algo", "reward", "recipe", "extra_terms",
+    "run", "env", "num_demos", "demo_subsample", "algo", "reward", "recipe", "obs", "extra_terms",
     "disc_ratio", "seed", "env_steps", "budget", "status", "best_return", "final_return",
     "expert_return", "best_step", "wall_s", "collection", "commit",
 )  # fmt: skip
@@ -113,6 +113,7 @@ def row_of(run: Path, budget: dict[str, int]) -> dict[str, Any]:
         "algo": "sac" if config.get("reward") == "env" else config["algo"],
         "reward": config.get("reward", "learned"),
         "recipe": config.get("sac_recipe", "reference"),
+        "obs": "demo-normalised" if config.get("normalize_obs") else "raw",
         "extra_terms": extra_terms(config),
         "disc_ratio": disc_ratio(config),
         "seed": config["seed"],
@@ -142,7 +143,7 @@ def build() -> list[dict[str, Any]]:
 
 
 def group_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    keys = ("env", "algo", "reward", "recipe", "extra_terms", "disc_ratio", "num_demos")
+    keys = ("env", "algo", "reward", "recipe", "obs", "extra_terms", "disc_ratio", "num_demos")
     return (*(row[k] for k in keys), row["demo_subsample"], row["budget"])
 
 
@@ -156,8 +157,8 @@ def demos_label(row: dict[str, Any]) -> str:
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     """The README's table: one line per configuration, its seeds side by side."""
     lines = [
-        "| env | algo | reward | recipe | extra terms | disc:SAC | demos | seeds done / run "
-        "| env steps (budget) | best per seed | final per seed | expert |",
+        "| env | algo | reward | recipe (SAC obs) | extra terms | disc:SAC | demos "
+        "| seeds done / run | env steps (budget) | best per seed | final per seed | expert |",
         "|---|---|---|---|---|---|---|---|---|---|---|---:|",
     ]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -170,8 +171,9 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         best = ", ".join(f"{run['best_return']:.0f}" for run in runs)
         final = ", ".join(f"{run['final_return']:.0f}" for run in runs)
         lines.append(
-            f"| {r['env']} | {r['algo']} | {r['reward']} | {r['recipe']} | {r['extra_terms']} "
-            f"| {r['disc_ratio'] or '-'} | {demos_label(r)} | {done} / {len(runs)} "
+            f"| {r['env']} | {r['algo']} | {r['reward']} | {r['recipe']} ({r['obs']}) "
+            f"| {r['extra_terms']} | {r['disc_ratio'] or '-'} | {demos_label(r)} "
+            f"| {done} / {len(runs)} "
             f"| {steps} ({r['budget'] // 1000}k) | {best} | {final} | {r['expert_return']:.0f} |"
         )
     return "\n".join(lines)
@@ -180,15 +182,16 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
 def runs_markdown(rows: list[dict[str, Any]], env: str) -> str:
     """benchmarks/README.md's table of one env: one line per run."""
     lines = [
-        "| run | algo | reward | recipe | extra terms | disc:SAC | demos | seed | env steps "
-        "| status | best (step) | final | expert | wall h | commit |",
+        "| run | algo | reward | recipe (SAC obs) | extra terms | disc:SAC | demos | seed "
+        "| env steps | status | best (step) | final | expert | wall h | commit |",
         "|---|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["env"] != env:
             continue
         lines.append(
-            f"| {r['run']} | {r['algo']} | {r['reward']} | {r['recipe']} | {r['extra_terms']} "
+            f"| {r['run']} | {r['algo']} | {r['reward']} | {r['recipe']} ({r['obs']}) "
+            f"| {r['extra_terms']} "
             f"| {r['disc_ratio'] or '-'} | {demos_label(r)} | {r['seed']} "
             f"| {r['env_steps']:,} / {r['budget']:,} | {r['status']} "
             f"| {r['best_return']:.0f} ({r['best_step']:,}) | {r['final_return']:.0f} "
