@@ -11,10 +11,12 @@ Sync wait, and on the server's side discriminator updates, reward calls and weig
 
 Beside it, in this process and the same run, the bare arithmetic of the same work, one torch
 thread each: a plain-torch SAC update of the same networks and batch (no Tianshou), the
-reward of one relabel batch (`RewardLearner.reward`, 256 rows, in process) and one
-discriminator update's forward/backward/Adam on its rows (`disc_update_cost.bare_step`). The
-bound of a configuration is that arithmetic per env step spread evenly over the cores the run
-may use: (SAC + relabel reward + ratio x discriminator) / cores. `bound / measured` is the
+reward of one relabel batch (`RewardLearner.reward`, 256 rows, in process), one
+discriminator update's forward/backward/Adam on its rows (`disc_update_cost.bare_step`) and,
+for SD2AIL, the forward arithmetic of its pseudo-expert generation per update
+(`disc_update_cost.bare_generation` / refresh_every). The bound of a configuration is that
+arithmetic per env step spread evenly over the cores the run may use: (SAC + relabel reward +
+ratio x (discriminator + generation)) / cores. `bound / measured` is the
 fraction of the machine's arithmetic the run achieves (the issue's floor: >= 0.8).
 
 Writes benchmarks/results/train_cost.csv and .png; prints the markdown table.
@@ -115,9 +117,10 @@ def plain_sac_update(batch_size: int) -> Callable[[], None]:
     return update
 
 
-def learner_costs(algo: str) -> tuple[float, float]:
-    """(relabel reward of 256 rows, one discriminator update's bare arithmetic), ms."""
-    from benchmarks.disc_update_cost import bare_step
+def learner_costs(algo: str) -> tuple[float, float, float]:
+    """(relabel reward of 256 rows, one discriminator update's bare forward/backward/Adam, the
+    bare forward arithmetic of pseudo-expert generation per update), ms."""
+    from benchmarks.disc_update_cost import bare_generation, bare_step
     from sd2ail_reward.config import ALGOS, preset
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
@@ -130,7 +133,12 @@ def learner_costs(algo: str) -> tuple[float, float]:
     noise = rng.normal(0, 0.1, demos.action[idx].shape).astype(np.float32)
     obs, act = demos.obs[idx], np.clip(demos.action[idx] + noise, -1, 1)
     reward_ms = median_ms(lambda: learner.reward(obs, act))
-    return reward_ms, median_ms(bare_step(learner, "float32"), repeats=15)
+    synthetic = learner.config.synthetic
+    generation_ms = 0.0
+    if synthetic.enabled:  # one round every refresh_every updates
+        round_ms = median_ms(bare_generation(learner, "float32"), repeats=5, warmup=1)
+        generation_ms = round_ms / synthetic.refresh_every
+    return reward_ms, median_ms(bare_step(learner, "float32"), repeats=15), generation_ms
 
 
 def run_train(algo: str, ratio: float, steps: int, start: int, run_dir: Path) -> dict[str, Any]:
@@ -153,7 +161,7 @@ def row_of(
     per_step["collect"] = 1e3 * float(timings.get("collect_s", 0.0)) / args.steps
     server = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in SERVER_PARTS}
     measured = sum(per_step.values())
-    bound = (bare["sac"] + bare["reward"] + ratio * bare["disc"]) / args.cores
+    bound = (bare["sac"] + bare["reward"] + ratio * (bare["disc"] + bare["gen"])) / args.cores
     return {
         "algo": algo,
         "ratio": ratio,
@@ -163,6 +171,7 @@ def row_of(
         "bare_sac_ms": round(bare["sac"], 2),
         "bare_reward_ms": round(bare["reward"], 2),
         "bare_disc_update_ms": round(bare["disc"], 2),
+        "bare_generation_ms": round(bare["gen"], 2),
         "bound_ms_per_step": round(bound, 2),
         "bound_over_measured": round(bound / measured, 3),
         "prefetch_hits": timings.get("relabel_prefetch_hits", ""),
@@ -195,7 +204,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| algo | disc:SAC | collect | SAC update | relabel wait | Sync wait | measured | "
-        "server: disc / reward | bare SAC / reward / disc | bound | bound / measured |",
+        "server: disc / reward | bare SAC / reward / disc (+ generation) | bound "
+        "| bound / measured |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -203,7 +213,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['algo']} | {r['ratio']} | {r['collect_ms']} | {r['sac_update_ms']} | "
             f"{r['relabel_wait_ms']} | {r['sync_wait_ms']} | {r['measured_ms_per_step']} | "
             f"{r['server_train_ms']} / {r['server_reward_ms']} | {r['bare_sac_ms']} / "
-            f"{r['bare_reward_ms']} / {r['bare_disc_update_ms']} | {r['bound_ms_per_step']} | "
+            f"{r['bare_reward_ms']} / {r['bare_disc_update_ms']} (+ {r['bare_generation_ms']}) | "
+            f"{r['bound_ms_per_step']} | "
             f"{r['bound_over_measured']} |"
         )
     return "\n".join(lines)
@@ -223,8 +234,8 @@ def main() -> None:
     sac_ms = median_ms(plain_sac_update(256))
     rows = []
     for algo in args.algos:
-        reward_ms, disc_ms = learner_costs(algo)
-        bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms}
+        reward_ms, disc_ms, gen_ms = learner_costs(algo)
+        bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
         for ratio in args.ratios:
             with tempfile.TemporaryDirectory() as tmp:
                 timings = run_train(algo, ratio, args.steps, args.start_steps, Path(tmp) / "r")
