@@ -62,13 +62,9 @@ def test_every_serve_option_is_reachable_from_the_command_line(field: str) -> No
 
 
 def parse_train(*flags: str) -> object:
-    import argparse
+    from agents.recipes import parse_train_args
 
-    from agents.recipes import add_train_args, args_from_namespace
-
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    return args_from_namespace(parser.parse_args(list(flags)))
+    return parse_train_args(flags)
 
 
 def test_train_defaults_are_the_dataclass_defaults() -> None:
