@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sd2ail_reward.cli import build_parser
-from sd2ail_reward.serve_cli import serve_options
+from sd2ail_reward.serve_cli import LearnerFlags, learner_config, parse_serve_args
 from sd2ail_reward.server import ServeOptions
 
 NOT_ON_THE_COMMAND_LINE = {
@@ -17,7 +16,7 @@ NOT_ON_THE_COMMAND_LINE = {
 
 
 def parse_serve(*flags: str) -> ServeOptions:
-    return serve_options(build_parser().parse_args(["serve", "--demos", "d.zarr", *flags]))
+    return parse_serve_args(["--demos", "d.zarr", *flags]).server
 
 
 def test_serve_defaults_are_the_dataclass_defaults() -> None:
@@ -117,12 +116,35 @@ def test_every_train_field_is_reachable_from_the_command_line() -> None:
             assert changed == {field}, (field, changed)
 
 
-def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
-    from sd2ail_reward.serve_cli import learner_config
+LEARNER_FLAGS = {
+    "algo": ["--algo", "gail"], "preset": ["--preset", "pendulum"], "seed": ["--seed", "3"],
+    "device": ["--device", "cpu"], "hidden_dim": ["--hidden-dim", "8"], "lr": ["--lr", "0.5"],
+    "expert_batch": ["--expert-batch", "7"], "agent_batch": ["--agent-batch", "7"],
+    "min_agent_size": ["--min-agent-size", "7"], "agent_capacity": ["--agent-capacity", "7"],
+    "updates_per_transition": ["--updates-per-transition", "0.25"],
+    "candidates_per_update": ["--candidates-per-update", "7"],
+    "refresh_every": ["--refresh-every", "7"], "diffusion_steps": ["--diffusion-steps", "7"],
+    "compute_dtype": ["--compute-dtype", "bfloat16"],
+}  # fmt: skip
 
+
+def test_every_learner_flag_is_reachable_and_defaults_to_the_preset() -> None:
+    from sd2ail_reward.config import preset
+
+    assert set(LEARNER_FLAGS) == {f.name for f in dataclasses.fields(LearnerFlags)}
+    default = parse_serve_args(["--demos", "d.zarr"]).learner
+    assert default == LearnerFlags()
+    assert learner_config(default, "Pendulum-v1") == preset("pendulum")
+    for field, flags in LEARNER_FLAGS.items():
+        given = parse_serve_args(["--demos", "d.zarr", *flags]).learner
+        assert dataclasses.replace(given, **{field: getattr(default, field)}) == default
+        assert getattr(given, field) != getattr(default, field), field
+
+
+def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
     def config(*flags: str) -> object:
-        args = build_parser().parse_args(["serve", "--demos", "d.zarr", *flags])
-        return learner_config(args, "Hopper-v5").discriminator.compute_dtype
+        args = parse_serve_args(["--demos", "d.zarr", *flags])
+        return learner_config(args.learner, "Hopper-v5").discriminator.compute_dtype
 
     assert config() == "float32"
     assert config("--compute-dtype", "bfloat16") == "bfloat16"
