@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
+import typing
 from pathlib import Path
 
 import pytest
@@ -148,3 +152,96 @@ def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
 
     assert config() == "float32"
     assert config("--compute-dtype", "bfloat16") == "bfloat16"
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """The attribute docstring under each field of dataclass `cls`, whitespace collapsed."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def help_text(parse: object, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--help"])  # type: ignore[operator]
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("command", ["serve", "train", "minimal_sac", "sb3_example", "record"])
+def test_help_shows_every_fields_docstring(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each field's docstring is its flag's help (wide columns: no wrapping to undo)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    if command == "serve":
+        from sd2ail_reward.serve_cli import ServeArgs
+
+        parse, classes = parse_serve_args, [ServeArgs, LearnerFlags, ServeOptions]
+    elif command == "train":
+        from agents.recipes import TrainArgs, parse_train_args
+
+        parse, classes = parse_train_args, [TrainArgs]
+    elif command == "record":
+        from agents.expert import RecordArgs
+        from agents.expert import parse_args as parse
+
+        classes = [RecordArgs]
+    else:
+        module = pytest.importorskip(f"agents.{command}")
+        parse, classes = module.parse_args, [module.Args]
+    text = help_text(parse, capsys)
+    for cls in classes:
+        docs, types = field_docstrings(cls), typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in NOT_ON_THE_COMMAND_LINE or dataclasses.is_dataclass(types[f.name]):
+                continue  # a nested dataclass is a group of flags, checked field by field
+            assert f.name in docs, f"{cls.__name__}.{f.name} has no docstring"
+            assert docs[f.name] in text, (cls.__name__, f.name)
+
+
+def test_the_spellings_of_scripts_and_long_runs_still_parse() -> None:
+    """As the Makefile, README, benchmarks/grid.py and resumed runs spell them."""
+    from agents.recipes import PENDULUM_CI_FLAGS, parse_train_args
+
+    args = parse_train_args(
+        [
+            *PENDULUM_CI_FLAGS,
+            *("--no-progress", "--run-dir", "r", "--steps", "5", "--resume", "--no-relabel"),
+            *("--no-relabel-prefetch", "--no-overlap", "--critic-layer-norm", "--no-fixed-length"),
+            *("--sac-recipe", "expert", "--normalize-obs", "--target-entropy", "-2"),
+            "--server-arg=--updates-per-transition=0.25",
+        ]
+    )
+    assert args.server_args == (
+        "--hidden-dim=64",
+        "--expert-batch=128",
+        "--agent-batch=128",
+        "--candidates-per-update=128",
+        "--updates-per-transition=0.25",
+    )
+    assert (args.demo_episodes, args.hidden_sizes, args.target_entropy) == ((6,), (128, 128), -2)
+    assert (args.resume, args.progress, args.relabel, args.relabel_prefetch) == (True, *[False] * 3)
+    assert (args.overlap, args.critic_layer_norm, args.fixed_length) == (False, True, False)
+    assert (args.sac_recipe, args.lr, args.normalize_obs) == ("expert", 1e-3, True)
+    assert parse_train_args(["--demos", "", "--no-normalize-obs"]).demos == ""
+    assert parse_train_args(["--no-normalize-obs"]).normalize_obs is False
+
+
+def test_a_dash_led_value_with_a_space_is_the_flags_value_as_with_argparse() -> None:
+    from agents.minimal_sac import parse_args
+
+    args = parse_args(["--serve-args", "--hidden-dim 32 --expert-batch 32", "--steps", "3"])
+    assert (args.serve_args, args.steps) == ("--hidden-dim 32 --expert-batch 32", 3)
+    assert parse_args(["--serve-args=--hidden-dim=32"]).serve_args == "--hidden-dim=32"
+    with pytest.raises(SystemExit):
+        parse_args(["--steps", "--seed"])  # a mistyped value is still an error
