@@ -13,8 +13,6 @@ import tyro
 
 from sd2ail_reward.flags import parse
 
-PROG = "sd2ail-reward train"
-
 TrainAlgo = Literal["sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc"]
 
 RewardSource = Literal["learned", "frozen", "env"]
@@ -176,10 +174,10 @@ class TrainArgs:
 def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
     """The `train` flags. The fields a SAC recipe sets default to the chosen --sac-recipe's
     values, which tyro needs before it parses: a first pass reads which recipe it is."""
-    description = "SAC through the one training loop, on the learned reward or the env's."
-    chosen = parse(TrainArgs, argv, prog=PROG, description=description).sac_recipe
+    prog, description = "sd2ail-reward train", "SAC through the one training loop."
+    chosen = parse(TrainArgs, argv, prog=prog, description=description).sac_recipe
     return parse(
-        TrainArgs, argv, prog=PROG, description=description, default=recipe_defaults(chosen)
+        TrainArgs, argv, prog=prog, description=description, default=recipe_defaults(chosen)
     )
 
 
