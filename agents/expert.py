@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -31,8 +31,8 @@ import tianshou
 import torch
 
 from agents.actors import deterministic_policy_fn, policy_from_spec
-from agents.flags import flag, parse_flags
 from agents.run_files import atomic_path, write_json
+from sd2ail_reward.flags import parse
 
 log = logging.getLogger("expert")
 
@@ -43,28 +43,25 @@ EXPERT_ALGORITHM: Final = f"SAC (tianshou {tianshou.__version__})"
 class RecordArgs:
     """`record`: demonstrations from a trained expert, written with sd2ail_reward.demos."""
 
-    run_dir: str = flag("", "Training run directory (required).")
-    out: str = flag("", "Demo store to write; empty means demos/<env>.zarr.")
-    episodes: int = flag(40, "Number of episodes to record.")
-    first_seed: int = flag(
-        10_000, "Reset seed of the first episode; episode i uses first_seed + i."
-    )
-    actor: str = flag(
-        "best", "Actor to use: best_actor.pt or actor.pt.", choices=("best", "latest")
-    )
-    min_return: float | None = flag(
-        None, "Exit with status 1 when the mean recorded return is below this.", type=float
-    )
-    threads: int = flag(1, "torch.set_num_threads.")
+    run_dir: str
+    """Training run directory."""
+    out: str = ""
+    """Demo store to write; empty means demos/<env>.zarr."""
+    episodes: int = 40
+    """Number of episodes to record."""
+    first_seed: int = 10_000
+    """Reset seed of the first episode; episode i uses first_seed + i."""
+    actor: Literal["best", "latest"] = "best"
+    """Actor to use: best_actor.pt or actor.pt."""
+    min_return: float | None = None
+    """Exit with status 1 when the mean recorded return is below this."""
+    threads: int = 1
+    """torch.set_num_threads."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RecordArgs:
-    args = parse_flags(
-        RecordArgs, argv, (__doc__ or "").split("\n\n")[0], prog="sd2ail-reward demos record"
-    )
-    if not args.run_dir:
-        raise SystemExit("sd2ail-reward demos record: --run-dir is required")
-    return args
+    description = (__doc__ or "").split("\n\n")[0]
+    return parse(RecordArgs, argv, prog="sd2ail-reward demos record", description=description)
 
 
 def record(args: RecordArgs) -> np.ndarray:

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.flags import flag, parse_flags
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
+from sd2ail_reward.flags import parse
 from sd2ail_reward.spawn import LocalServer, spawn_server
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -49,32 +49,52 @@ evaluation, none shared with training or with the demo store's reset seeds (1000
 
 @dataclass(frozen=True)
 class Args:
-    server: str = flag("", "host:port of a running reward server; empty starts a local one.")
-    token: str = flag("", "token for --server; empty: the SD2AIL_REWARD_TOKEN env variable.")
-    demos: str = flag("demos/Pendulum-v1.zarr", "demo store of the local server.")
-    demo_episodes: tuple[int, ...] = flag(
-        (6,), "store indices of the expert episodes the local server learns from.", nargs="+"
-    )
-    num_demos: int = flag(0, "use the store's first N episodes instead (0: --demo-episodes).")
-    serve_args: str = flag("", "extra flags for the local `serve`, e.g. '--hidden-dim 32'.")
-    steps: int = flag(20_000, "env steps in total, random warm-up included.")
-    seed: int = flag(0, "seed of torch, numpy, the env and the local server's learner.")
-    learning_starts: int = flag(1_000, "random-action steps before SAC updates begin.")
-    batch_size: int = flag(256, "minibatch size of each SAC update.")
-    hidden: int = flag(256, "width of the 2 hidden layers of the actor and the critics.")
-    gamma: float = flag(0.99, "discount factor.")
-    tau: float = flag(0.005, "Polyak coefficient of the target critics.")
-    policy_lr: float = flag(3e-4, "Adam learning rate of the actor and of log(alpha).")
-    q_lr: float = flag(1e-3, "Adam learning rate of the critics.")
-    sync_every: int = flag(1_000, "env steps between client.sync() calls.")
-    eval_every: int = flag(2_000, "env steps between deterministic true-return evaluations.")
-    eval_episodes: int = flag(10, "episodes per evaluation.")
-    threads: int = flag(1, "torch threads of the agent (the server runs its own).")
-    log_csv: str = flag("", "append step,eval_return,... rows to this CSV file.")
+    """Flags of agents/minimal_sac.py, one per field."""
+
+    server: str = ""
+    """host:port of a running reward server; empty starts a local one."""
+    token: str = ""
+    """Token for --server; empty: the SD2AIL_REWARD_TOKEN env variable."""
+    demos: str = "demos/Pendulum-v1.zarr"
+    """Demo store of the local server."""
+    demo_episodes: tuple[int, ...] = (6,)
+    """Store indices of the expert episodes the local server learns from."""
+    num_demos: int = 0
+    """Use the store's first N episodes instead (0: --demo-episodes)."""
+    serve_args: str = ""
+    """Extra flags for the local `serve`, e.g. '--hidden-dim 32'."""
+    steps: int = 20_000
+    """Env steps in total, random warm-up included."""
+    seed: int = 0
+    """Seed of torch, numpy, the env and the local server's learner."""
+    learning_starts: int = 1_000
+    """Random-action steps before SAC updates begin."""
+    batch_size: int = 256
+    """Minibatch size of each SAC update."""
+    hidden: int = 256
+    """Width of the 2 hidden layers of the actor and the critics."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target critics."""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the actor and of log(alpha)."""
+    q_lr: float = 1e-3
+    """Adam learning rate of the critics."""
+    sync_every: int = 1_000
+    """Env steps between client.sync() calls."""
+    eval_every: int = 2_000
+    """Env steps between deterministic true-return evaluations."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    threads: int = 1
+    """Torch threads of the agent (the server runs its own)."""
+    log_csv: str = ""
+    """Append step,eval_return,... rows to this CSV file."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    return parse_flags(Args, argv, __doc__.split("\n\n")[0])
+    return parse(Args, argv, description=__doc__.split("\n\n")[0])
 
 
 # ------------------------------------------------------------------------------ local server

@@ -3,20 +3,25 @@ sets of SAC settings) that single flags override."""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import gymnasium as gym
+import tyro
 
-ALGOS = ("sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc")
+from sd2ail_reward.flags import parse
 
+TrainAlgo = Literal["sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc"]
 
-REWARD_SOURCES = ("learned", "frozen", "env")
-"""learned: the reward server's, trained on the pushed transitions (imitation); frozen: the
-same server's discriminator never trained (a control); env: the env's own reward, no server
-(experts, and the true-reward control: the ceiling SAC reaches with a recipe)."""
+RewardSource = Literal["learned", "frozen", "env"]
+
+SacRecipeName = Literal["reference", "expert"]
+
+_T = TypeVar("_T")
+RecipeField = Annotated[_T, tyro.conf.arg(help_behavior_hint="(default: the --sac-recipe's)")]
+"""A `TrainArgs` field that the chosen SAC recipe sets unless its flag is given."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class SacRecipe:
     """Env families whose SAC sees observations normalised with the demos' mean and std."""
 
 
-SAC_RECIPES: dict[str, SacRecipe] = {
+SAC_RECIPES: dict[SacRecipeName, SacRecipe] = {
     # the SD2AIL reference's (ALGORITHM.md sec. 2.3): fixed-length MuJoCo training episodes
     "reference": SacRecipe(
         lr=3e-4,
@@ -55,7 +60,7 @@ SAC_RECIPES: dict[str, SacRecipe] = {
 }
 
 
-DEFAULT_RECIPE = "reference"
+DEFAULT_RECIPE: SacRecipeName = "reference"
 
 PENDULUM_CI_FLAGS: tuple[str, ...] = (
     "--env", "Pendulum-v1", "--demos", "demos/Pendulum-v1.zarr", "--demo-episodes", "6",
@@ -72,52 +77,90 @@ learning test and its calibration grid (`benchmarks/grid.py pendulum-ci`) both r
 
 @dataclass(frozen=True)
 class TrainArgs:
-    """Flags of `sd2ail-reward train` (SAC recipes: `SAC_RECIPES`)."""
+    """Flags of `sd2ail-reward train`, one per field; also the run's config.json."""
 
     env: str = "Hopper-v5"
+    """Gymnasium env id."""
     demos: str = "demos/Hopper-v5.zarr"
+    """Zarr demo store of that env; '' with --reward env trains SAC from scratch (an expert)."""
     num_demos: int = 1
+    """Expert episodes: the store's first ones."""
     demo_episodes: tuple[int, ...] | None = None
+    """Explicit store indices of the expert episodes (instead of --num-demos)."""
     demo_subsample: int = 1
     """Keep every n-th (s, a) pair of each demo episode (GAIL's protocol: 20)."""
-    algo: str = "sd2ail"
+    algo: TrainAlgo = "sd2ail"
+    """Reward learner, or bc (no server)."""
     steps: int = 250_000
+    """Env steps, warm-up included."""
     seed: int = 0
+    """Seed of SAC, the envs and the reward learner."""
     server: str | None = None
+    """host:port of a running reward server (None: start a local one)."""
     token: str | None = None
+    """Token for --server (None: $SD2AIL_REWARD_TOKEN)."""
     run_dir: str = ""
+    """Output directory ('': runs/<algo>-<env>-seed<seed>)."""
     resume: bool = False
+    """Continue the run in --run-dir."""
     relabel: bool = True
+    """Relabel sampled batches with the current D (--no-relabel: the step-time reward)."""
     relabel_prefetch: bool = True
     """Score the next sampled batch while SAC updates on this one (`RelabelingSAC`)."""
     overlap: bool = True
-    reward: str = "learned"
-    """What SAC is trained on: `REWARD_SOURCES`."""
+    """SAC updates while D trains on the chunk, then Sync (--no-overlap: D first)."""
+    reward: RewardSource = "learned"
+    """What SAC learns from: learned (imitation), frozen (a never-trained D) or env (no server)."""
     eval_every: int = 10_000
+    """Env steps between evaluations."""
     eval_episodes: int = 10
+    """Episodes per evaluation."""
     target_return: float | None = None
+    """Stop once an evaluation's mean true return reaches this (None: run all steps)."""
     start_steps: int = 5_000
+    """Uniform random warm-up steps."""
     chunk: int = 1_000
+    """Env steps between blocks of updates (1 D + 1 SAC update per env step)."""
     batch_size: int = 256
+    """SAC minibatch."""
     buffer_size: int = 1_000_000
+    """Replay buffer capacity."""
     hidden_sizes: tuple[int, ...] = (256, 256)
-    sac_recipe: str = DEFAULT_RECIPE
-    lr: float = SAC_RECIPES[DEFAULT_RECIPE].lr
-    adam_beta1: float = SAC_RECIPES[DEFAULT_RECIPE].adam_beta1
+    """SAC MLP sizes."""
+    sac_recipe: SacRecipeName = DEFAULT_RECIPE
+    """SAC settings (`SAC_RECIPES`): the SD2AIL code's, or those that trained our experts."""
+    lr: RecipeField[float] = SAC_RECIPES[DEFAULT_RECIPE].lr
+    """Adam lr of actor, critics and alpha."""
+    adam_beta1: RecipeField[float] = SAC_RECIPES[DEFAULT_RECIPE].adam_beta1
+    """Adam beta1."""
     gamma: float = 0.99
+    """Discount."""
     tau: float = 0.005
-    alpha: float = SAC_RECIPES[DEFAULT_RECIPE].alpha
+    """Target network Polyak coefficient."""
+    alpha: RecipeField[float] = SAC_RECIPES[DEFAULT_RECIPE].alpha
+    """Initial entropy coefficient, auto-tuned."""
     target_entropy: float | None = None
-    fixed_length: bool = SAC_RECIPES[DEFAULT_RECIPE].fixed_length
+    """Entropy target of the alpha tuning (None: the recipe's multiple of -|A|)."""
+    fixed_length: RecipeField[bool] = SAC_RECIPES[DEFAULT_RECIPE].fixed_length
+    """MuJoCo training episodes run the full horizon, not ending when the robot falls."""
     normalize_obs: bool | None = None
-    """None: the recipe's choice for this env (`policy_sees_normalized_obs`)."""
+    """SAC sees obs normalised with the demos' stats (None: `policy_sees_normalized_obs`)."""
     bc_epochs: int = 200
+    """Epochs of --algo bc."""
     bc_init_epochs: int = 0
+    """Start SAC's actor from behaviour cloning on the demos, this many epochs (not in paper)."""
     actor_hold_updates: int = 0
+    """Skip the actor's first N steps while the critics learn (for a --bc-init-epochs actor)."""
     bc_weight: float = 0.0
+    """TD3+BC's term in SAC's actor loss: weight x mean|Q| x MSE to demo actions (not in paper)."""
     critic_layer_norm: bool = False
-    server_args: tuple[str, ...] = ()
+    """LayerNorm in both critics, bounding Q far from the data (RLPD; not in the paper)."""
+    server_args: Annotated[
+        tuple[str, ...], tyro.conf.arg(name="server-arg"), tyro.conf.UseAppendAction
+    ] = ()
+    """Extra flag for the local server, e.g. --server-arg=--hidden-dim=64."""
     progress: bool = True
+    """A progress bar, or log lines."""
 
     @property
     def run_path(self) -> Path:
@@ -128,161 +171,26 @@ class TrainArgs:
         return Path(f"runs/{self.algo}-{self.env}-seed{self.seed}")
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    """The `train` flags; every one documented in --help."""
-    d = TrainArgs()
-    a = parser.add_argument
-    a("--env", default=d.env, help="Gymnasium env id (default: %(default)s)")
-    a(
-        "--demos",
-        default=d.demos,
-        help="zarr demo store of that env; '' with --reward env trains SAC from scratch, as for "
-        "a new expert (default: %(default)s)",
+def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
+    """The `train` flags. The fields a SAC recipe sets default to the chosen --sac-recipe's
+    values, which tyro needs before it parses: a first pass reads which recipe it is."""
+    prog, description = "sd2ail-reward train", "SAC through the one training loop."
+    chosen = parse(TrainArgs, argv, prog=prog, description=description).sac_recipe
+    return parse(
+        TrainArgs, argv, prog=prog, description=description, default=recipe_defaults(chosen)
     )
-    a("--num-demos", type=int, default=d.num_demos, help="expert episodes (the first ones)")
-    a("--demo-episodes", type=int, nargs="+", help="explicit store indices of the episodes")
-    a(
-        "--demo-subsample",
-        type=int,
-        default=d.demo_subsample,
-        help="keep every N-th (s, a) pair of each demo episode, for the reward server, BC and "
-        "the demo statistics (GAIL's protocol: 20; default: %(default)s, all)",
-    )
-    a("--algo", choices=ALGOS, default=d.algo, help="reward learner, or bc (no server)")
-    a("--steps", type=int, default=d.steps, help="env steps, warm-up included")
-    a("--seed", type=int, default=d.seed, help="seed of SAC, envs and the reward learner")
-    a("--server", help="host:port of a running reward server (default: start a local one)")
-    a("--token", help="token for --server (default: $SD2AIL_REWARD_TOKEN)")
-    a("--run-dir", default="", help="output directory (default: runs/<algo>-<env>-seed<seed>)")
-    a("--resume", action="store_true", help="continue the run in --run-dir")
-    a(
-        "--no-relabel",
-        dest="relabel",
-        action="store_false",
-        help="use the wrapper's step-time reward instead of relabelling sampled batches",
-    )
-    a(
-        "--no-relabel-prefetch",
-        dest="relabel_prefetch",
-        action="store_false",
-        help="score each sampled batch only when it is used, instead of while SAC updates on "
-        "the one before (default: prefetch)",
-    )
-    a(
-        "--no-overlap",
-        dest="overlap",
-        action="store_false",
-        help="wait for the discriminator to finish a chunk before its SAC updates (default: "
-        "SAC updates run while it trains, then Sync)",
-    )
-    a(
-        "--reward",
-        choices=REWARD_SOURCES,
-        default=d.reward,
-        help="what SAC learns from: 'learned' (the reward server's, imitation), 'frozen' (the "
-        "server's discriminator never trained: a control) or 'env' (the env's own reward, no "
-        "server: experts and the true-reward control) (default: %(default)s)",
-    )
-    a("--eval-every", type=int, default=d.eval_every, help="env steps between evaluations")
-    a("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per evaluation")
-    a(
-        "--target-return",
-        type=float,
-        help="stop once an evaluation's mean true return reaches this (default: run all steps)",
-    )
-    a("--start-steps", type=int, default=d.start_steps, help="uniform random warm-up steps")
-    a(
-        "--chunk",
-        type=int,
-        default=d.chunk,
-        help="env steps between blocks of updates (1 disc + 1 SAC update per env step)",
-    )
-    a("--batch-size", type=int, default=d.batch_size, help="SAC minibatch")
-    a("--buffer-size", type=int, default=d.buffer_size, help="replay buffer capacity")
-    a("--hidden-sizes", type=int, nargs="+", default=list(d.hidden_sizes), help="SAC MLP sizes")
-    a(
-        "--sac-recipe",
-        choices=sorted(SAC_RECIPES),
-        default=d.sac_recipe,
-        help="SAC settings: 'reference' (the SD2AIL code's: lr 3e-4, Adam beta1 0.25, alpha "
-        "0.2, target entropy -|A|/2, fixed-length MuJoCo training episodes) or 'expert' (our "
-        "experts': lr 1e-3, beta1 0.9, alpha 1.0, target -|A|, terminating episodes); the "
-        "flags below override single fields (default: %(default)s)",
-    )
-    a("--lr", type=float, help="Adam lr of actor, critics and alpha (default: the recipe's)")
-    a("--adam-beta1", type=float, help="Adam beta1 (default: the recipe's)")
-    a("--gamma", type=float, default=d.gamma, help="discount")
-    a("--tau", type=float, default=d.tau, help="target network Polyak coefficient")
-    a("--alpha", type=float, help="initial entropy coefficient, auto-tuned (default: recipe's)")
-    a(
-        "--target-entropy",
-        type=float,
-        default=d.target_entropy,
-        help="entropy target of the alpha tuning (default: the recipe's multiple of -|A|)",
-    )
-    a(
-        "--fixed-length",
-        action=argparse.BooleanOptionalAction,
-        help="MuJoCo training episodes run the full horizon (terminate_when_unhealthy=False, "
-        "the reference's no_terminal) or end when the robot falls; evaluation episodes always "
-        "end (default: the recipe's)",
-    )
-    a(
-        "--normalize-obs",
-        action=argparse.BooleanOptionalAction,
-        help="SAC's networks see observations normalised with the demos' mean and std, as the "
-        "reference's ScaledEnv (default: the recipe's: reference does for Hopper and Walker2d)",
-    )
-    a("--bc-epochs", type=int, default=d.bc_epochs, help="epochs of --algo bc")
-    a(
-        "--bc-init-epochs",
-        type=int,
-        default=d.bc_init_epochs,
-        help="start SAC's actor from behaviour cloning on the demos for this many epochs "
-        "(not in the paper; default: %(default)s, off)",
-    )
-    a(
-        "--actor-hold-updates",
-        type=int,
-        default=d.actor_hold_updates,
-        help="skip the actor's first N optimiser steps while the critics learn, so that a "
-        "--bc-init-epochs actor is not pushed by an untrained critic (default: %(default)s)",
-    )
-    a(
-        "--bc-weight",
-        type=float,
-        default=d.bc_weight,
-        help="add TD3+BC's behaviour-cloning term to SAC's actor loss: this weight x mean|Q| x "
-        "the MSE to demo actions (0.4 is TD3+BC's alpha 2.5; not in the paper; default: "
-        "%(default)s, off)",
-    )
-    a(
-        "--critic-layer-norm",
-        action="store_true",
-        help="LayerNorm before each hidden activation of both critics, which bounds Q on "
-        "states far from the data, such as a fallen Hopper (RLPD, Ball et al. 2023; not in "
-        "the paper; default: off)",
-    )
-    a(
-        "--server-arg",
-        dest="server_args",
-        action="append",
-        default=[],
-        help="extra flag for the local server, e.g. --server-arg=--hidden-dim=64 (repeatable)",
-    )
-    a("--no-progress", dest="progress", action="store_false", help="log lines, no progress bar")
 
 
-def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
-    values = {f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)}
-    recipe = asdict(SAC_RECIPES[values.get("sac_recipe") or DEFAULT_RECIPE])
-    for key in ("lr", "adam_beta1", "alpha", "fixed_length"):
-        if values.get(key) is None:
-            values[key] = recipe[key]
-    for key in ("hidden_sizes", "demo_episodes", "server_args"):
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
-    return TrainArgs(**values)
+def recipe_defaults(name: SacRecipeName) -> TrainArgs:
+    """`TrainArgs()` with the fields a SAC recipe sets taken from recipe `name`."""
+    recipe = SAC_RECIPES[name]
+    return TrainArgs(
+        sac_recipe=name,
+        lr=recipe.lr,
+        adam_beta1=recipe.adam_beta1,
+        alpha=recipe.alpha,
+        fixed_length=recipe.fixed_length,
+    )
 
 
 def policy_sees_normalized_obs(args: TrainArgs) -> bool:

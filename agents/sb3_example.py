@@ -58,8 +58,8 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
-from agents.flags import flag, parse_flags
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
+from sd2ail_reward.flags import parse
 from sd2ail_reward.spawn import LocalServer, spawn_server
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -71,34 +71,52 @@ RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Args:
-    server: str = flag("", "host:port of a running reward server; empty starts a local one.")
-    token: str = flag("", "token for --server; empty: the SD2AIL_REWARD_TOKEN env variable.")
-    demos: str = flag("demos/Pendulum-v1.zarr", "demo store of the local server.")
-    demo_episodes: tuple[int, ...] = flag(
-        (6,), "store indices of the expert episodes the local server learns from.", nargs="+"
-    )
-    serve_args: str = flag("", "extra flags for the local `serve`, e.g. '--hidden-dim 32'.")
-    steps: int = flag(20_000, "env steps in total (all envs), random warm-up included.")
-    seed: int = flag(0, "seed of SB3 (torch, numpy, envs) and of the local server's learner.")
-    learning_starts: int = flag(1_000, "random-action steps before SAC updates begin.")
-    batch_size: int = flag(256, "minibatch size of each SAC update.")
-    hidden: int = flag(256, "width of the 2 hidden layers of the actor and the critics.")
-    lr: float = flag(1e-3, "Adam learning rate (rl-baselines3-zoo's Pendulum-v1 SAC setting).")
-    n_envs: int = flag(1, "training envs, each wrapped with SD2AILRewardWrapper.")
-    subproc: bool = flag(False, "SubprocVecEnv instead of DummyVecEnv.", action="store_true")
-    relabel: bool = flag(
-        False, "re-score every sampled batch with the current reward.", action="store_true"
-    )
-    push_batch: int = flag(256, "transitions per push from each wrapper.")
-    sync_every: int = flag(1_000, "env steps between client.sync() calls (0: never).")
-    eval_every: int = flag(2_000, "env steps between deterministic true-return evaluations.")
-    eval_episodes: int = flag(10, "episodes per evaluation.")
-    threads: int = flag(1, "torch threads of the agent (the server runs its own).")
-    log_csv: str = flag("", "append step,eval_return,... rows to this CSV file.")
+    """Flags of agents/sb3_example.py, one per field."""
+
+    server: str = ""
+    """host:port of a running reward server; empty starts a local one."""
+    token: str = ""
+    """Token for --server; empty: the SD2AIL_REWARD_TOKEN env variable."""
+    demos: str = "demos/Pendulum-v1.zarr"
+    """Demo store of the local server."""
+    demo_episodes: tuple[int, ...] = (6,)
+    """Store indices of the expert episodes the local server learns from."""
+    serve_args: str = ""
+    """Extra flags for the local `serve`, e.g. '--hidden-dim 32'."""
+    steps: int = 20_000
+    """Env steps in total (all envs), random warm-up included."""
+    seed: int = 0
+    """Seed of SB3 (torch, numpy, envs) and of the local server's learner."""
+    learning_starts: int = 1_000
+    """Random-action steps before SAC updates begin."""
+    batch_size: int = 256
+    """Minibatch size of each SAC update."""
+    hidden: int = 256
+    """Width of the 2 hidden layers of the actor and the critics."""
+    lr: float = 1e-3
+    """Adam learning rate (rl-baselines3-zoo's Pendulum-v1 SAC setting)."""
+    n_envs: int = 1
+    """Training envs, each wrapped with SD2AILRewardWrapper."""
+    subproc: bool = False
+    """SubprocVecEnv instead of DummyVecEnv."""
+    relabel: bool = False
+    """Re-score every sampled batch with the current reward."""
+    push_batch: int = 256
+    """Transitions per push from each wrapper."""
+    sync_every: int = 1_000
+    """Env steps between client.sync() calls (0: never)."""
+    eval_every: int = 2_000
+    """Env steps between deterministic true-return evaluations."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    threads: int = 1
+    """Torch threads of the agent (the server runs its own)."""
+    log_csv: str = ""
+    """Append step,eval_return,... rows to this CSV file."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    return parse_flags(Args, argv, (__doc__ or "").split("\n\n")[0])
+    return parse(Args, argv, description=(__doc__ or "").split("\n\n")[0])
 
 
 # ------------------------------------------------------------------------------ envs

@@ -31,7 +31,6 @@ checkpoints/ (SAC + replay buffer), server/ (the reward server's checkpoints), t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -49,12 +48,7 @@ from agents.checkpoints import sac_checkpoint_store
 from agents.evaluation import expert_return
 from agents.local_server import start_local_server
 from agents.loop import train_sac
-from agents.recipes import (
-    TrainArgs,
-    add_train_args,
-    args_from_namespace,
-    policy_sees_normalized_obs,
-)
+from agents.recipes import TrainArgs, parse_train_args, policy_sees_normalized_obs
 from agents.run_files import write_json
 from sd2ail_reward.checkpoint import Checkpoint, CheckpointError
 from sd2ail_reward.client import RewardClient
@@ -195,12 +189,11 @@ def latest_sac_checkpoint(run_dir: Path) -> Checkpoint | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_train_args(parser)
+    args = parse_train_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     try:
-        train(args_from_namespace(parser.parse_args(argv)))
+        train(args)
     except RunDirInUse as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

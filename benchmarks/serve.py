@@ -183,17 +183,16 @@ def batch_part(args: argparse.Namespace, store: Path, server_args: list[str]) ->
     import grpc
     import torch
 
-    from sd2ail_reward.cli import build_parser
     from sd2ail_reward.client import RewardClient
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
     from sd2ail_reward.rpc import reward_pb2, reward_pb2_grpc
-    from sd2ail_reward.serve_cli import learner_config
+    from sd2ail_reward.serve_cli import learner_config, parse_serve_args
 
     torch.set_num_threads(args.torch_threads)
     demos = read_demos(store)
-    parsed = build_parser().parse_args(["serve", *server_args])
-    learner = RewardLearner(learner_config(parsed, demos.env_id), demos, seed=0)
+    parsed = parse_serve_args(server_args)
+    learner = RewardLearner(learner_config(parsed.learner, demos.env_id), demos, seed=0)
     rng = np.random.default_rng(1)
     rows = []
     server = start_server(server_args, args.log_dir / "serve-batch.log")

@@ -5,7 +5,8 @@
     sd2ail-reward train ... / plot ...      (the agent side: agents/train.py, agents/plot.py)
 
 Subcommands are registered in `_SUBCOMMANDS`; each has an ``add_<name>_args(parser)`` and a
-``run_<name>(args) -> int``. `serve` and the learner flags live in `serve_cli.py`.
+``run_<name>(args) -> int``. `serve` parses its own flags (tyro, from dataclasses) in
+`serve_cli.py`, as the agent scripts do theirs.
 """
 
 from __future__ import annotations
@@ -16,18 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sd2ail_reward.serve_cli import (
-    add_serve_args,
-    run_serve,
-)
+from sd2ail_reward.serve_cli import SERVE_HELP, run_serve
 
 __all__ = ["build_parser", "main"]
-
-
-# ------------------------------------------------------------------------------ learner flags
-
-
-# ------------------------------------------------------------------------------ serve
 
 
 def add_demos_args(parser: argparse.ArgumentParser) -> None:
@@ -146,9 +138,12 @@ _SUBCOMMANDS: dict[
     str,
     tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
 ] = {
-    "serve": ("run the gRPC reward server", add_serve_args, run_serve),
     "demos": ("inspect, verify or record a zarr demo store", add_demos_args, run_demos),
 }
+_TYRO_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+    "serve": (SERVE_HELP, run_serve),
+}
+"""Commands that parse the arguments after their name themselves (`--log-level` comes before)."""
 _AGENT_COMMANDS = {
     "train": (
         "agents.train",
@@ -172,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in _AGENT_COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
+    for name, (help_text, _) in _TYRO_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, (help_text, add_args, run) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -186,12 +183,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_agent_script(_AGENT_COMMANDS[argv[0]][0], argv[1:])
     if argv[:2] == ["demos", "record"]:
         return _run_agent_script("agents.expert", argv[2:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command not in _TYRO_COMMANDS and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command in _TYRO_COMMANDS:
+        return _TYRO_COMMANDS[args.command][1](rest)
     return int(args.run(args))
 
 

@@ -78,11 +78,10 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_config_for(store: Path, *extra: str) -> Any:
     """The LearnerConfig `serve --demos store SMALL_FLAGS extra` builds (same code path)."""
-    from sd2ail_reward.cli import build_parser
-    from sd2ail_reward.serve_cli import learner_config
+    from sd2ail_reward.serve_cli import learner_config, parse_serve_args
 
-    args = build_parser().parse_args(["serve", "--demos", str(store), *SMALL_FLAGS, *extra])
-    return learner_config(args, "Pendulum-v1")
+    args = parse_serve_args(["--demos", str(store), *SMALL_FLAGS, *extra])
+    return learner_config(args.learner, "Pendulum-v1")
 
 
 def small_learner(store: Path, *extra: str, seed: int = 0) -> Any:

@@ -198,17 +198,13 @@ def test_agent_keeps_waiting_while_the_discriminator_catches_up() -> None:
 
 
 def test_sac_entropy_target_defaults_to_the_references_and_follows_the_flag() -> None:
-    import argparse
-
     import gymnasium as gym
 
-    from agents.recipes import add_train_args, args_from_namespace
+    from agents.recipes import parse_train_args
     from agents.sac import make_sac
 
     def target_entropy(*flags: str) -> float:
-        parser = argparse.ArgumentParser()
-        add_train_args(parser)
-        args = args_from_namespace(parser.parse_args(list(flags)))
+        args = parse_train_args(flags)
         env = gym.make("Hopper-v5")
         assert isinstance(env.observation_space, gym.spaces.Box)
         assert isinstance(env.action_space, gym.spaces.Box)
@@ -222,29 +218,25 @@ def test_sac_entropy_target_defaults_to_the_references_and_follows_the_flag() ->
 
 
 def test_sac_recipe_sets_every_field_and_single_flags_override_it() -> None:
-    import argparse
+    from typing import get_args
 
-    from agents.recipes import DEFAULT_RECIPE, SAC_RECIPES, TrainArgs, add_train_args
-    from agents.recipes import args_from_namespace as from_ns
+    from agents.recipes import DEFAULT_RECIPE, SAC_RECIPES, SacRecipeName, TrainArgs
+    from agents.recipes import parse_train_args as parse
 
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
+    assert set(get_args(SacRecipeName)) == set(SAC_RECIPES)  # --sac-recipe's choices
 
-    def parse(*flags: str) -> TrainArgs:
-        return from_ns(parser.parse_args(list(flags)))
-
-    reference = parse("--sac-recipe", "reference")
+    reference = parse(["--sac-recipe", "reference"])
     assert (reference.lr, reference.adam_beta1, reference.alpha) == (3e-4, 0.25, 0.2)
     assert reference.fixed_length
-    expert = parse("--sac-recipe", "expert")
+    expert = parse(["--sac-recipe", "expert"])
     assert (expert.lr, expert.adam_beta1, expert.alpha) == (1e-3, 0.9, 1.0)
     assert not expert.fixed_length
-    mixed = parse("--sac-recipe", "expert", "--lr", "5e-4", "--fixed-length")
+    mixed = parse(["--sac-recipe", "expert", "--lr", "5e-4", "--fixed-length"])
     assert (mixed.lr, mixed.adam_beta1, mixed.fixed_length) == (5e-4, 0.9, True)
-    assert not parse("--sac-recipe", "reference", "--no-fixed-length").fixed_length
+    assert not parse(["--sac-recipe", "reference", "--no-fixed-length"]).fixed_length
     # the dataclass's own defaults are the default recipe's, so TrainArgs() agrees with the CLI
     default, recipe = TrainArgs(), SAC_RECIPES[DEFAULT_RECIPE]
-    assert parse() == default
+    assert parse([]) == default
     assert (default.lr, default.adam_beta1, default.alpha) == (
         recipe.lr,
         recipe.adam_beta1,
@@ -304,15 +296,10 @@ def test_evaluation_measures_distance_travelled_so_standing_is_visible() -> None
 
 
 def test_reference_recipe_normalises_sac_observations_on_hopper_only() -> None:
-    import argparse
-
-    from agents.recipes import add_train_args, args_from_namespace, policy_sees_normalized_obs
-
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
+    from agents.recipes import parse_train_args, policy_sees_normalized_obs
 
     def normalised(*flags: str) -> bool:
-        return policy_sees_normalized_obs(args_from_namespace(parser.parse_args(list(flags))))
+        return policy_sees_normalized_obs(parse_train_args(flags))
 
     assert normalised("--sac-recipe", "reference", "--env", "Hopper-v5")  # ScaledEnv
     assert normalised("--sac-recipe", "reference", "--env", "Walker2d-v5")
@@ -610,23 +597,17 @@ def test_critic_layer_norm_flag_puts_a_layer_norm_before_each_hidden_activation_
 ) -> None:
     """`--critic-layer-norm` reaches both critics (and only them): Linear -> LayerNorm ->
     activation in every hidden layer, and a SAC checkpoint carries the norms' parameters."""
-    import argparse
-
     import torch
     from tianshou.data import ReplayBuffer
 
     from agents.checkpoints import TrainState, restore_sac_checkpoint, save_sac_checkpoint
     from agents.networks import box_spaces
-    from agents.recipes import add_train_args, args_from_namespace
+    from agents.recipes import parse_train_args
     from agents.sac import make_sac
     from sd2ail_reward.checkpoint import CheckpointStore
 
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    args = args_from_namespace(
-        parser.parse_args(
-            ["--env", "Hopper-v5", "--hidden-sizes", "64", "32", "--critic-layer-norm"]
-        )
+    args = parse_train_args(
+        ["--env", "Hopper-v5", "--hidden-sizes", "64", "32", "--critic-layer-norm"]
     )
     assert args.critic_layer_norm
     sac = make_sac(args, *box_spaces("Hopper-v5"), None)
@@ -640,11 +621,7 @@ def test_critic_layer_norm_flag_puts_a_layer_norm_before_each_hidden_activation_
             (32,),
         ]
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in sac.policy.actor.modules())
-    plain = make_sac(
-        args_from_namespace(parser.parse_args(["--env", "Hopper-v5"])),
-        *box_spaces("Hopper-v5"),
-        None,
-    )
+    plain = make_sac(parse_train_args(["--env", "Hopper-v5"]), *box_spaces("Hopper-v5"), None)
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.critic.modules())
 
     with torch.no_grad():  # distinct values, so the round trip is visible

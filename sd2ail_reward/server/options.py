@@ -2,7 +2,8 @@
 (`ServeOptions`), and where its learner comes from (`LearnerSpec`).
 
 Plain frozen dataclasses and the checks that refuse an unsafe or inconsistent combination before
-anything binds; no gRPC, no threads.
+anything binds; no gRPC, no threads. `ServeOptions`' fields are also `serve`'s flags (tyro), so
+their docstrings are its help.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import importlib.metadata
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
+from tyro.constructors import PrimitiveConstructorSpec
 
 from sd2ail_reward.config import LearnerConfig
 
@@ -33,28 +37,36 @@ def package_version() -> str:
         return "0+unknown"
 
 
+MEBIBYTES = PrimitiveConstructorSpec(
+    nargs=1,
+    metavar="MIB",
+    instance_from_str=lambda args: int(float(args[0]) * (1 << 20)),
+    is_instance=lambda value: isinstance(value, int),
+    str_from_instance=lambda value: [f"{value / (1 << 20):g}"],
+)
+"""A byte count given in MiB on the command line."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServeOptions:
     """How the server listens, batches, trains, checkpoints and authenticates."""
 
     host: str = "127.0.0.1"
-    """Address to bind. Anything but loopback needs `token_file` (and TLS or
-    `allow_insecure_remote`)."""
+    """Address to bind; not loopback needs `token_file`, and TLS or `allow_insecure_remote`."""
     port: int = 0
     """TCP port; 0 picks a free one (see `RewardServer.port`)."""
     batching: bool = True
     """Server-side dynamic batching of ComputeReward; False scores each request in its handler."""
-    max_batch_rows: int = 4096
+    max_batch_rows: Annotated[int, tyro.conf.arg(name="max-batch")] = 4096
     """Most rows in one batched model evaluation (a single larger request runs alone)."""
-    max_queue_delay_ms: float = 0.0
-    """How long the batcher waits for more requests after the oldest queued one, in ms. 0 batches
-    whatever queued up while the model was busy, adding no delay at low load."""
-    max_queue_size: int = 1024
+    max_queue_delay_ms: Annotated[float, tyro.conf.arg(name="max-delay-ms")] = 0.0
+    """Batcher's wait (ms) for more requests; 0 batches what queued while the model was busy."""
+    max_queue_size: Annotated[int, tyro.conf.arg(name="queue-size")] = 1024
     """Most ComputeReward requests waiting in the batcher queue; more get RESOURCE_EXHAUSTED."""
     max_request_rows: int = 65536
     """Largest batch (rows) one ComputeReward / PushTransitions request may carry."""
-    max_message_bytes: int = 64 << 20
-    """grpc.max_receive/send_message_length; larger messages get RESOURCE_EXHAUSTED."""
+    max_message_bytes: Annotated[int, MEBIBYTES, tyro.conf.arg(name="max-message-mb")] = 64 << 20
+    """Largest gRPC message, given in MiB as a flag; larger ones get RESOURCE_EXHAUSTED."""
     workers: int = 64
     """Threads of the gRPC handler pool."""
     max_concurrent_rpcs: int = 1024
@@ -83,19 +95,21 @@ class ServeOptions:
     """Generations kept in checkpoint_dir."""
     resume: bool = False
     """Continue from the latest good checkpoint in checkpoint_dir (fresh if there is none)."""
-    resume_generation: str | None = None
+    resume_generation: Annotated[
+        str | None, tyro.conf.arg(name="resume-from", metavar="GENERATION")
+    ] = None
     """Continue from exactly this generation of checkpoint_dir (an error if it cannot load)."""
     push_quota: float = 0.0
     """Rows per second one client_id may push, averaged over `push_quota_window_s` (0 = off)."""
-    push_quota_window_s: float = 10.0
+    push_quota_window_s: Annotated[float, tyro.conf.arg(name="push-quota-window")] = 10.0
     """Window of the push quota: a client may burst up to push_quota * window rows."""
     max_tracked_clients: int = 100_000
     """Client ids whose last sequence is remembered (least recently pushing forgotten first)."""
-    log_every_s: float = 10.0
+    log_every_s: Annotated[float, tyro.conf.arg(name="log-every")] = 10.0
     """Interval of the one-line throughput/learner log and of GetStats' rates (0 = no log)."""
-    grace_s: float = 5.0
+    grace_s: Annotated[float, tyro.conf.arg(name="grace")] = 5.0
     """Graceful shutdown: how long in-flight RPCs may take to finish."""
-    warmup_rows: tuple[int, ...] = (1, 64)
+    warmup_rows: tyro.conf.Suppress[tuple[int, ...]] = (1, 64)
     """Batch sizes scored once before the server reports SERVING."""
 
 
