@@ -6,13 +6,15 @@
 
 Reads the archived runs (`benchmarks/results/runs/<run>/metrics.csv`, see runs_csv.py) of
 the grids and reports, per algorithm (and demo protocol) over its seeds: the mean and 95%
-bootstrap interval of the best and final true return, of the normalised area under the
-learning curve and of the first env step whose evaluation reaches `--threshold` (runs that
-never reach it count as the budget, and the number that did is given), and the probability
-that an SD2AIL run beats a run of each other algorithm under the same protocol (rliable's
-probability of improvement, on the AUC, with its interval). Only finished runs count (a
-partial run's curve is shorter). Writes `benchmarks/results/ablation_<name>.csv` and `.png`
-(mean curve with its 95% band per algorithm) and prints the markdown table.
+bootstrap interval of the best and final true return, of the reward quality at the end
+(learned vs true reward correlation, the pseudo-experts' Frechet distance to the expert), of
+the normalised area under the learning curve and of the first env step whose evaluation
+reaches `--threshold` (runs that never reach it count as the budget, and the number that did
+is given), and the probability that an SD2AIL run beats a run of each other algorithm under
+the same protocol (rliable's probability of improvement, on the AUC, with its interval). Only
+finished runs count (a partial run's curve is shorter). Writes
+`benchmarks/results/ablation_<name>.csv` and `.png` (mean curve with its 95% band per
+algorithm) and prints the markdown table.
 """
 
 from __future__ import annotations
@@ -47,26 +49,40 @@ def group_of(run: str, algo: str) -> str:
     return algo if every == 1 else f"{algo} (every {every}th pair)"
 
 
-def load_curves(grids: list[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray, int]]]:
-    """algo -> [(steps, returns, budget)] of the grids' finished runs."""
+Curves = dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
+Quality = dict[str, list[tuple[float, float]]]
+
+
+def load_runs(grids: list[str]) -> tuple[Curves, Quality]:
+    """algo -> [(steps, returns, budget)] of the grids' finished runs, and algo -> [(Pearson
+    correlation of the learned with the true reward, Frechet distance of the pseudo-experts to
+    the expert)] at each run's last evaluation (NaN where a run has none)."""
     names = {run.name for grid in grids for run in GRIDS[grid]()}
     finished = {
         row["run"]: row
         for row in csv.DictReader(RUNS_CSV.open())
         if row["run"] in names and row["status"] == "finished"
     }
-    curves: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {}
+    curves: Curves = {}
+    quality: Quality = {}
     for name, row in sorted(finished.items()):
         rows = list(csv.DictReader((ARCHIVE / name / "metrics.csv").open()))
         steps = np.array([float(r["env_step"]) for r in rows])
         returns = np.array([float(r["eval_return_mean"]) for r in rows])
         group = group_of(name, row["algo"])
         curves.setdefault(group, []).append((steps, returns, int(row["budget"])))
-    return curves
+        last = rows[-1]
+        quality.setdefault(group, []).append(
+            (
+                float(last.get("reward_env_corr") or "nan"),
+                float(last.get("pseudo_frechet") or "nan"),
+            )
+        )
+    return curves, quality
 
 
 def summarise(
-    curves: dict[str, list[tuple[np.ndarray, np.ndarray, int]]], threshold: float, seed: int
+    curves: Curves, quality: Quality, threshold: float, seed: int
 ) -> list[dict[str, object]]:
     rng = np.random.default_rng(seed)
     auc = {
@@ -82,6 +98,11 @@ def summarise(
         for key, values in (("best", best), ("final", final)):
             mean, lower, upper = bootstrap_ci(values, rng)
             row.update({key: mean, f"{key}_lo": lower, f"{key}_hi": upper})
+        for index, key in ((0, "corr"), (1, "frechet")):
+            measured = [q[index] for q in quality.get(algo, []) if np.isfinite(q[index])]
+            if measured:
+                mean, lower, upper = bootstrap_ci(measured, rng)
+                row.update({key: mean, f"{key}_lo": lower, f"{key}_hi": upper})
         if algo in auc:
             mean, lower, upper = bootstrap_ci(auc[algo], rng)
             row.update(auc=mean, auc_lo=lower, auc_hi=upper)
@@ -108,8 +129,8 @@ def interval(row: dict[str, object], key: str, fmt: str = "{:.0f}") -> str:
 def markdown(rows: list[dict[str, object]], threshold: float) -> str:
     lines = [
         f"| algo | runs | best | final | AUC (mean return) | first step >= {threshold:g} "
-        "(reached) | P(SD2AIL > algo), AUC |",
-        "|---|---:|---|---|---|---|---|",
+        "(reached) | P(SD2AIL > algo), AUC | reward corr (end) | pseudo Frechet (end) |",
+        "|---|---:|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reached = f" ({row['reached']}/{row['runs']})" if "reached" in row else ""
@@ -117,14 +138,13 @@ def markdown(rows: list[dict[str, object]], threshold: float) -> str:
         lines.append(
             f"| {row['algo']} | {row['runs']} | {interval(row, 'best')} | "
             f"{interval(row, 'final')} | {interval(row, 'auc')} | "
-            f"{interval(row, 'first_step')}{reached} | {poi} |"
+            f"{interval(row, 'first_step')}{reached} | {poi} | "
+            f"{interval(row, 'corr', '{:.2f}')} | {interval(row, 'frechet', '{:.1f}')} |"
         )
     return "\n".join(lines)
 
 
-def plot(
-    curves: dict[str, list[tuple[np.ndarray, np.ndarray, int]]], path: Path, title: str
-) -> None:
+def plot(curves: Curves, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,10 +177,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args()
-    curves = load_curves(args.grids)
+    curves, quality = load_runs(args.grids)
     if not curves:
         raise SystemExit(f"no finished runs of {args.grids} in {RUNS_CSV}")
-    rows = summarise(curves, args.threshold, args.seed)
+    rows = summarise(curves, quality, args.threshold, args.seed)
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "algo", k))
     with (RESULTS / f"ablation_{args.name}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)

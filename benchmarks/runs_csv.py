@@ -46,6 +46,26 @@ def archive(run_dir: Path) -> None:
     for name in RUN_FILES:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, target / name)
+    if run_finished(run_dir):
+        archive_pca(run_dir, target)
+
+
+def run_finished(run_dir: Path) -> bool:
+    summary = run_dir / "summary.json"
+    budget = budgets().get(run_dir.name)
+    if budget is None or not summary.exists():
+        return False
+    return float(json.loads(summary.read_text())["env_steps"]) >= budget
+
+
+def archive_pca(run_dir: Path, target: Path) -> None:
+    """The paper's Fig. 4 for a finished run with pseudo-experts: expert vs pseudo-expert
+    samples of its last server checkpoint (drawn once; runs without pseudo-experts get none)."""
+    from agents.plot import plot_pca
+
+    figure = target / "pca.png"
+    if (run_dir / "server").is_dir() and not figure.exists():
+        plot_pca(run_dir, figure)
 
 
 def budgets() -> dict[str, int]:
