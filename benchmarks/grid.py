@@ -65,25 +65,17 @@ class GridRun:
         return [*base, *self.args, *target]
 
 
+def true_reward_run(name: str, recipe: str, seed: int, *extra: str) -> GridRun:
+    """SAC on Hopper-v5's own reward with a recipe, 100k env steps: the RL side alone."""
+    args = ("--reward", "env", "--sac-recipe", recipe, "--seed", str(seed), "--eval-every", "5000")
+    return GridRun(name, (*HOPPER, *args, *extra), 100_000)
+
+
 def hopper_evidence() -> list[GridRun]:
     """Issue "Training explores again": the RL side alone on the true reward (2 recipes x 2
     seeds x 100k), then the paper's algorithm alone (SD2AIL 3 seeds, DiffAIL 2 seeds, 200k)."""
     controls = [
-        GridRun(
-            f"hopper-envreward-{recipe}-seed{seed}",
-            (
-                *HOPPER,
-                "--reward",
-                "env",
-                "--sac-recipe",
-                recipe,
-                "--seed",
-                str(seed),
-                "--eval-every",
-                "5000",
-            ),
-            100_000,
-        )
+        true_reward_run(f"hopper-envreward-{recipe}-seed{seed}", recipe, seed)
         for seed in (0, 1)
         for recipe in ("reference", "expert")
     ]
@@ -116,44 +108,11 @@ def hopper_recipe_check() -> list[GridRun]:
     demo-normalised observations: with ONE deterministic demo some observation dims barely
     vary, so their z-scores explode on states the demo never visits (at 45k env steps the
     reference control scored ~120)."""
-    chunk64 = [
-        GridRun(
-            f"hopper-envreward-expert-chunk64-seed{seed}",
-            (
-                *HOPPER,
-                "--reward",
-                "env",
-                "--sac-recipe",
-                "expert",
-                "--chunk",
-                "64",
-                "--seed",
-                str(seed),
-                "--eval-every",
-                "5000",
-            ),
-            100_000,
-        )
-        for seed in (0,)
-    ]
-    return chunk64 + [
-        GridRun(
-            f"hopper-envreward-reference-rawobs-seed{seed}",
-            (
-                *HOPPER,
-                "--reward",
-                "env",
-                "--sac-recipe",
-                "reference",
-                "--no-normalize-obs",
-                "--seed",
-                str(seed),
-                "--eval-every",
-                "5000",
-            ),
-            100_000,
-        )
-        for seed in (0,)
+    return [
+        true_reward_run("hopper-envreward-expert-chunk64-seed0", "expert", 0, "--chunk", "64"),
+        true_reward_run(
+            "hopper-envreward-reference-rawobs-seed0", "reference", 0, "--no-normalize-obs"
+        ),
     ]
 
 
