@@ -29,7 +29,7 @@ class TrainState:
     best_return: float | None = None
     best_step: int = 0
     update_debt: float = 0.0
-    """Fractional gradient updates owed (for --updates-per-step that is not an integer)."""
+    """Always 0 in `train` (whole SAC updates per env step); kept so that older checkpoints load."""
     server_generation: str = ""
     """The reward server's checkpoint written with this one (`train`), so a resume pairs them."""
 
