@@ -51,6 +51,9 @@ class GridRun:
     steps: int
     target: float | None = None
     """A run whose evaluation reached this stopped there (`--target-return`) and is done."""
+    after: tuple[tuple[str, ...], ...] = ()
+    """`sd2ail-reward` commands run once the run has finished ("{run_dir}" filled in), each
+    only if the one before succeeded; a marker file keeps them from running twice."""
 
     @property
     def run_dir(self) -> Path:
@@ -69,6 +72,24 @@ def true_reward_run(name: str, recipe: str, seed: int, *extra: str) -> GridRun:
     """SAC on Hopper-v5's own reward with a recipe, 100k env steps: the RL side alone."""
     args = ("--reward", "env", "--sac-recipe", recipe, "--seed", str(seed), "--eval-every", "5000")
     return GridRun(name, (*HOPPER, *args, *extra), 100_000)
+
+
+def run_after_steps(run: GridRun) -> None:
+    """The run's `after` commands, once (marker `.after-done`); their output goes to the
+    run's train.log."""
+    marker = run.run_dir / ".after-done"
+    if not run.after or marker.exists() or not finished(run):
+        return
+    with (run.run_dir / "train.log").open("ab") as log:
+        for step in run.after:
+            cmd = [sys.executable, "-m", "sd2ail_reward.cli"]
+            cmd += [arg.format(run_dir=run.run_dir) for arg in step]
+            print(f"{time.strftime('%H:%M:%S')} after {run.name}: {' '.join(cmd)}", flush=True)
+            code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                print(f"{run.name}: {step[:2]} exited {code}; not marked done", flush=True)
+                return
+    marker.touch()
 
 
 def hopper_evidence() -> list[GridRun]:
@@ -193,11 +214,14 @@ def hopper_ablation() -> list[GridRun]:
 EXPERT_TARGETS = {"Walker2d-v5": 4500.0, "HalfCheetah-v5": 5200.0, "Ant-v5": 4500.0}
 """Issue "The paper's other three tasks": floors 4000 / 4600 / 4000 for the mean of the 40
 recorded episodes; training stops ~10% above, so the recorded episodes clear the floor."""
+EXPERT_FLOORS = {"Walker2d-v5": 4000.0, "HalfCheetah-v5": 4600.0, "Ant-v5": 4000.0}
 
 
 def experts() -> list[GridRun]:
     """SAC experts on the true reward (the `expert` recipe, from scratch: no demos yet), up to
-    1M env steps or their target return."""
+    1M env steps or their target return; then 40 deterministic episodes are recorded into
+    `<run dir>/<env>.zarr` (refused below the floor) and verified by replay, ready to be
+    copied to demos/ and committed."""
     return [
         GridRun(
             f"expert-{env}-seed0",
@@ -219,6 +243,21 @@ def experts() -> list[GridRun]:
             ),
             1_000_000,
             target,
+            after=(
+                (
+                    "demos",
+                    "record",
+                    "--run-dir",
+                    "{run_dir}",
+                    "--out",
+                    f"{{run_dir}}/{env}.zarr",
+                    "--episodes",
+                    "40",
+                    "--min-return",
+                    str(EXPERT_FLOORS[env]),
+                ),
+                ("demos", "verify", f"{{run_dir}}/{env}.zarr"),
+            ),
         )
         for env, target in EXPERT_TARGETS.items()
     ]
@@ -264,6 +303,11 @@ def rebuild_runs_csv() -> None:
 
 
 def run_grid(runs: list[GridRun], parallel: int, nice: int) -> None:
+    for run in runs:  # finished earlier, but a sitting ended before their after-steps
+        lock = try_lock(run) if run.after and finished(run) else None
+        if lock is not None:
+            with lock:
+                run_after_steps(run)
     pending = [r for r in runs if not finished(r)]
     active: list[tuple[GridRun, subprocess.Popen[bytes], IO[str]]] = []
     while pending or active:
@@ -286,9 +330,11 @@ def run_grid(runs: list[GridRun], parallel: int, nice: int) -> None:
             run, proc, lock = entry
             if proc.poll() is None:
                 continue
+            print(f"{time.strftime('%H:%M:%S')} end {run.name}: exit {proc.returncode}", flush=True)
+            if proc.returncode == 0:
+                run_after_steps(run)
             active.remove(entry)
             lock.close()
-            print(f"{time.strftime('%H:%M:%S')} end {run.name}: exit {proc.returncode}", flush=True)
             rebuild_runs_csv()
 
 

@@ -1,0 +1,55 @@
+"""The evidence grids' runner: a finished run's after-steps (an expert's record + verify) run
+once, in order, and a failing step leaves the run unmarked so that the next sitting retries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import grid
+
+
+def finished_run(root: Path, after: tuple[tuple[str, ...], ...]) -> grid.GridRun:
+    run = grid.GridRun("r", ("--env", "Pendulum-v1"), steps=10, after=after)
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.json").write_text(json.dumps({"algo": "sd2ail"}))
+    (run.run_dir / "summary.json").write_text(json.dumps({"env_steps": 10, "best_return": 0}))
+    return run
+
+
+def test_after_steps_run_once_and_a_failure_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    run = finished_run(tmp_path, after=(("demos", "inspect", "{run_dir}/missing.zarr"),))
+    grid.run_after_steps(run)
+    assert not (run.run_dir / ".after-done").exists()  # the store is missing: a failure
+    assert "missing.zarr" in (run.run_dir / "train.log").read_text()
+
+    ok = grid.GridRun("r", run.args, steps=10, after=(("--help",), ("--help",)))
+    grid.run_after_steps(ok)
+    assert (run.run_dir / ".after-done").exists()
+    log_size = (run.run_dir / "train.log").stat().st_size
+    grid.run_after_steps(ok)  # marked: nothing runs again
+    assert (run.run_dir / "train.log").stat().st_size == log_size
+
+
+def test_an_unfinished_run_gets_no_after_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    run = finished_run(tmp_path, after=(("--help",),))
+    (run.run_dir / "summary.json").write_text(json.dumps({"env_steps": 5, "best_return": 0}))
+    grid.run_after_steps(run)
+    assert not (run.run_dir / ".after-done").exists()
+
+
+def test_every_expert_is_recorded_against_its_floor_then_verified() -> None:
+    for run in grid.experts():
+        record, verify = run.after
+        env = run.name.split("-")[1] + "-v5"
+        assert record[:2] == ("demos", "record") and verify[:2] == ("demos", "verify")
+        assert record[record.index("--min-return") + 1] == str(grid.EXPERT_FLOORS[env])
+        assert verify[-1] == record[record.index("--out") + 1]
