@@ -128,12 +128,24 @@ def hopper_recipe_check() -> list[GridRun]:
     policy that collects is at most 64 updates old). The reference recipe without its
     demo-normalised observations: with ONE deterministic demo some observation dims barely
     vary, so their z-scores explode on states the demo never visits (at 45k env steps the
-    reference control scored ~120)."""
+    reference control scored ~120). And SD2AIL with the expert recipe, the better of the two
+    on the true reward (episodes end on a fall, so -log(1 - D) > 0 also pays for staying up,
+    the survival bias the reference's fixed-length episodes avoid)."""
+    sd2ail_expert_recipe = GridRun(
+        "hopper-sd2ail-1demo-expertrecipe-seed0",
+        (
+            *HOPPER,
+            *("--sac-recipe", "expert", "--seed", "0", "--eval-every", "5000"),
+            f"--server-arg=--updates-per-transition={DISC_RATIO}",
+        ),
+        200_000,
+    )
     return [
         true_reward_run("hopper-envreward-expert-chunk64-seed0", "expert", 0, "--chunk", "64"),
         true_reward_run(
             "hopper-envreward-reference-rawobs-seed0", "reference", 0, "--no-normalize-obs"
         ),
+        sd2ail_expert_recipe,
     ]
 
 
