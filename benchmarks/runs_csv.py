@@ -64,7 +64,12 @@ def archive_pca(run_dir: Path, target: Path) -> None:
     from agents.plot import plot_pca
 
     figure = target / "pca.png"
-    if (run_dir / "server").is_dir() and not figure.exists():
+    config = json.loads((run_dir / "config.json").read_text())
+    generates = config.get("algo") in ("sd2ail", "pseudo_only") and config.get("reward") in (
+        None,
+        "learned",
+    )
+    if generates and (run_dir / "server").is_dir() and not figure.exists():
         plot_pca(run_dir, figure)
 
 
@@ -93,6 +98,23 @@ def extra_terms(config: dict[str, Any]) -> str:
     if config.get("critic_layer_norm"):
         terms.append("critic_layer_norm")
     return ";".join(terms) or "none"
+
+
+def recipe_label(config: dict[str, Any]) -> str:
+    """The SAC recipe, with each of its settings the run changed (and a non-default chunk), so
+    that runs differing in them are not counted as seeds of one configuration."""
+    from agents.recipes import SAC_RECIPES, TrainArgs
+
+    name = config.get("sac_recipe", "reference")
+    recipe = SAC_RECIPES[name]
+    changed = [
+        f"{key} {config[key]}"
+        for key in ("lr", "adam_beta1", "alpha", "fixed_length")
+        if key in config and config[key] != getattr(recipe, key)
+    ]
+    if config.get("chunk", TrainArgs.chunk) != TrainArgs.chunk:
+        changed.append(f"chunk {config['chunk']}")
+    return ", ".join([name, *changed])
 
 
 def expert_return(config: dict[str, Any], summary: dict[str, Any]) -> float:
@@ -132,7 +154,7 @@ def row_of(run: Path, budget: dict[str, int]) -> dict[str, Any]:
         "demo_subsample": int(config.get("demo_subsample", 1)),
         "algo": "sac" if config.get("reward") == "env" else config["algo"],
         "reward": config.get("reward", "learned"),
-        "recipe": config.get("sac_recipe", "reference"),
+        "recipe": recipe_label(config),
         "obs": "demo-normalised" if config.get("normalize_obs") else "raw",
         "extra_terms": extra_terms(config),
         "disc_ratio": disc_ratio(config),

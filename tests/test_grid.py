@@ -53,3 +53,14 @@ def test_every_expert_is_recorded_against_its_floor_then_verified() -> None:
         assert record[:2] == ("demos", "record") and verify[:2] == ("demos", "verify")
         assert record[record.index("--min-return") + 1] == str(grid.EXPERT_FLOORS[env])
         assert verify[-1] == record[record.index("--out") + 1]
+
+
+def test_runs_differing_in_a_recipe_setting_are_separate_configurations() -> None:
+    from benchmarks.runs_csv import recipe_label
+
+    base = {"sac_recipe": "expert", "lr": 1e-3, "adam_beta1": 0.9, "alpha": 1.0}
+    assert recipe_label({**base, "fixed_length": False, "chunk": 1000}) == "expert"
+    assert recipe_label({**base, "fixed_length": False, "chunk": 64}) == "expert, chunk 64"
+    assert recipe_label({**base, "lr": 3e-4, "fixed_length": True}) == (
+        "expert, lr 0.0003, fixed_length True"
+    )
