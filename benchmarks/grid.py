@@ -128,7 +128,9 @@ def hopper_recipe_check() -> list[GridRun]:
     policy that collects is at most 64 updates old). The reference recipe without its
     demo-normalised observations: with ONE deterministic demo some observation dims barely
     vary, so their z-scores explode on states the demo never visits (at 45k env steps the
-    reference control scored ~120). And SD2AIL with the expert recipe, the better of the two
+    reference control scored ~120). The reference recipe with episodes that end on a fall:
+    Hopper-v5 pays no healthy reward to a fallen robot, so in fixed-length episodes falling
+    costs only the reward not earned. And SD2AIL with the expert recipe, the better of the two
     on the true reward (episodes end on a fall, so -log(1 - D) > 0 also pays for staying up,
     the survival bias the reference's fixed-length episodes avoid)."""
     sd2ail_expert_recipe = GridRun(
@@ -144,6 +146,9 @@ def hopper_recipe_check() -> list[GridRun]:
         true_reward_run("hopper-envreward-expert-chunk64-seed0", "expert", 0, "--chunk", "64"),
         true_reward_run(
             "hopper-envreward-reference-rawobs-seed0", "reference", 0, "--no-normalize-obs"
+        ),
+        true_reward_run(
+            "hopper-envreward-reference-terminating-seed0", "reference", 0, "--no-fixed-length"
         ),
         sd2ail_expert_recipe,
     ]
