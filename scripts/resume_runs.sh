@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Start of a session: resume every unfinished training run of the evidence grids, in the
-# background, in order (finished runs are skipped, started ones resume from their checkpoints).
-# Runs live in $SD2AIL_GRID_ROOT (default ~/sd2ail-runs/grid); the log goes beside them.
+# background (finished runs are skipped, started ones resume from their checkpoints).
+# Two lanes, one run each at a time, so that the long Hopper imitation runs never hold both
+# cores: lane 1 the Hopper evidence and its checks, then the Hopper ablation; lane 2 the new
+# tasks' experts (recorded and verified as each finishes), then the Pendulum grids. A run
+# locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
+# ~/sd2ail-runs/grid); the log goes beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${SD2AIL_GRID_ROOT:-$HOME/sd2ail-runs/grid}"
 mkdir -p "$root"
-nohup .venv/bin/python benchmarks/grid.py run hopper-evidence hopper-recipe-check pendulum-ci pendulum-ablation \
-    hopper-ablation experts \
-    --parallel "${PARALLEL:-2}" >> "$root/../grid.log" 2>&1 &
-echo "grid runner started (pid $!), log: $root/../grid.log"
+lane() {
+    nohup .venv/bin/python benchmarks/grid.py run "$@" --parallel 1 >> "$root/../grid.log" 2>&1 &
+    echo "grid lane started (pid $!): $*"
+}
+lane hopper-evidence hopper-recipe-check hopper-ablation
+lane experts pendulum-ablation pendulum-ci
+echo "log: $root/../grid.log"
