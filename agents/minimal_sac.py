@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import shlex
 import sys
 import time
 from collections import deque
@@ -38,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.served_example import ServedAgentArgs, local_server
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.flags import parse
-from sd2ail_reward.spawn import LocalServer, spawn_server
 
 EVAL_SEED_OFFSET = 1_000_000
 """Evaluation episode i resets with seed + EVAL_SEED_OFFSET + i: the same start states at every
@@ -48,31 +47,9 @@ evaluation, none shared with training or with the demo store's reset seeds (1000
 
 
 @dataclass(frozen=True)
-class Args:
-    """Flags of agents/minimal_sac.py, one per field."""
+class Args(ServedAgentArgs):
+    """Flags of agents/minimal_sac.py, one per field (the shared ones: `ServedAgentArgs`)."""
 
-    server: str = ""
-    """host:port of a running reward server; empty starts a local one."""
-    token: str = ""
-    """Token for --server; empty: the SD2AIL_REWARD_TOKEN env variable."""
-    demos: str = "demos/Pendulum-v1.zarr"
-    """Demo store of the local server."""
-    demo_episodes: tuple[int, ...] = (6,)
-    """Store indices of the expert episodes the local server learns from."""
-    num_demos: int = 0
-    """Use the store's first N episodes instead (0: --demo-episodes)."""
-    serve_args: str = ""
-    """Extra flags for the local `serve`, e.g. '--hidden-dim 32'."""
-    steps: int = 20_000
-    """Env steps in total, random warm-up included."""
-    seed: int = 0
-    """Seed of torch, numpy, the env and the local server's learner."""
-    learning_starts: int = 1_000
-    """Random-action steps before SAC updates begin."""
-    batch_size: int = 256
-    """Minibatch size of each SAC update."""
-    hidden: int = 256
-    """Width of the 2 hidden layers of the actor and the critics."""
     gamma: float = 0.99
     """Discount factor."""
     tau: float = 0.005
@@ -81,16 +58,6 @@ class Args:
     """Adam learning rate of the actor and of log(alpha)."""
     q_lr: float = 1e-3
     """Adam learning rate of the critics."""
-    sync_every: int = 1_000
-    """Env steps between client.sync() calls."""
-    eval_every: int = 2_000
-    """Env steps between deterministic true-return evaluations."""
-    eval_episodes: int = 10
-    """Episodes per evaluation."""
-    threads: int = 1
-    """Torch threads of the agent (the server runs its own)."""
-    log_csv: str = ""
-    """Append step,eval_return,... rows to this CSV file."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
@@ -98,19 +65,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 
 
 # ------------------------------------------------------------------------------ local server
-
-
-def local_server(args: Args) -> LocalServer:
-    """`sd2ail-reward serve` on 127.0.0.1:<free port> with a fresh write token (the library's
-    spawner); use it as a context manager: leaving it stops the server with SIGTERM."""
-    flags = ["--demos", args.demos, "--seed", str(args.seed)]
-    if args.num_demos:
-        flags += ["--num-demos", str(args.num_demos)]
-    else:
-        flags += ["--demo-episodes", *map(str, args.demo_episodes)]
-    flags += shlex.split(args.serve_args)
-    # No readiness wait here: the client's first call waits for SERVING itself.
-    return spawn_server(flags, cli_args=["--log-level", "WARNING"], wait_ready=False)
 
 
 # ------------------------------------------------------------------------------ SAC
@@ -244,7 +198,7 @@ def train(args: Args, env_id: str, env: SD2AILRewardWrapper, client: RewardClien
         if step > args.learning_starts:
             idx = rng.integers(0, step, size=args.batch_size)
             agent.update({k: torch.as_tensor(v[idx]) for k, v in buf.items()})
-        if step % args.sync_every == 0:
+        if args.sync_every and step % args.sync_every == 0:
             client.sync()
         if step % args.eval_every == 0 or step == n:
             ret = evaluate(agent, env_id, args.eval_episodes, args.seed + EVAL_SEED_OFFSET)

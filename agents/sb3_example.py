@@ -36,7 +36,6 @@ it at the end.
 from __future__ import annotations
 
 import csv
-import shlex
 import sys
 import time
 from collections import deque
@@ -58,9 +57,9 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
+from agents.served_example import ServedAgentArgs, local_server
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.flags import parse
-from sd2ail_reward.spawn import LocalServer, spawn_server
 
 EVAL_SEED_OFFSET = 1_000_000
 """Evaluation episode i resets with seed + EVAL_SEED_OFFSET + i (as agents/minimal_sac.py):
@@ -70,29 +69,9 @@ RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
-class Args:
-    """Flags of agents/sb3_example.py, one per field."""
+class Args(ServedAgentArgs):
+    """Flags of agents/sb3_example.py, one per field (the shared ones: `ServedAgentArgs`)."""
 
-    server: str = ""
-    """host:port of a running reward server; empty starts a local one."""
-    token: str = ""
-    """Token for --server; empty: the SD2AIL_REWARD_TOKEN env variable."""
-    demos: str = "demos/Pendulum-v1.zarr"
-    """Demo store of the local server."""
-    demo_episodes: tuple[int, ...] = (6,)
-    """Store indices of the expert episodes the local server learns from."""
-    serve_args: str = ""
-    """Extra flags for the local `serve`, e.g. '--hidden-dim 32'."""
-    steps: int = 20_000
-    """Env steps in total (all envs), random warm-up included."""
-    seed: int = 0
-    """Seed of SB3 (torch, numpy, envs) and of the local server's learner."""
-    learning_starts: int = 1_000
-    """Random-action steps before SAC updates begin."""
-    batch_size: int = 256
-    """Minibatch size of each SAC update."""
-    hidden: int = 256
-    """Width of the 2 hidden layers of the actor and the critics."""
     lr: float = 1e-3
     """Adam learning rate (rl-baselines3-zoo's Pendulum-v1 SAC setting)."""
     n_envs: int = 1
@@ -103,16 +82,6 @@ class Args:
     """Re-score every sampled batch with the current reward."""
     push_batch: int = 256
     """Transitions per push from each wrapper."""
-    sync_every: int = 1_000
-    """Env steps between client.sync() calls (0: never)."""
-    eval_every: int = 2_000
-    """Env steps between deterministic true-return evaluations."""
-    eval_episodes: int = 10
-    """Episodes per evaluation."""
-    threads: int = 1
-    """Torch threads of the agent (the server runs its own)."""
-    log_csv: str = ""
-    """Append step,eval_return,... rows to this CSV file."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
@@ -120,14 +89,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 
 
 # ------------------------------------------------------------------------------ envs
-
-
-def local_server(args: Args) -> LocalServer:
-    """`sd2ail-reward serve` on 127.0.0.1:<free port> with a fresh write token, learning from
-    `args.demo_episodes` of `args.demos`; a context manager that stops it (SIGTERM)."""
-    serve = ["--demos", args.demos, "--demo-episodes", *map(str, args.demo_episodes)]
-    serve += ["--seed", str(args.seed), *shlex.split(args.serve_args)]
-    return spawn_server(serve, cli_args=["--log-level", "WARNING"])
 
 
 def make_env(
