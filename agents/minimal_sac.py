@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.served_example import ServedAgentArgs, local_server
+from agents.served_example import ServedAgentArgs, connect
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.flags import parse
 
@@ -232,14 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     with ExitStack() as stack:
-        if args.server:
-            address, token = args.server, args.token or None
-        else:
-            server = stack.enter_context(local_server(args))
-            address, token = server.address, server.token
-        client = stack.enter_context(RewardClient(address, token=token))
-        info = client.wait_ready(timeout_s=300)
-        print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)
+        client, info = connect(args, stack)
         # The only change an agent needs: wrap the training env. Closing it flushes the pushes.
         env = SD2AILRewardWrapper(gym.make(info.env_id), reward=client, push=True)
         stack.callback(env.close)

@@ -57,7 +57,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
-from agents.served_example import ServedAgentArgs, local_server
+from agents.served_example import ServedAgentArgs, connect
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.flags import parse
 
@@ -298,14 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     with ExitStack() as stack:
-        if args.server:
-            address, token = args.server, args.token or None
-        else:
-            server = stack.enter_context(local_server(args))
-            address, token = server.address, server.token
-        client = stack.enter_context(RewardClient(address, token=token))
-        info = client.wait_ready(timeout_s=300)
-        print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)
+        client, info = connect(args, stack)
         evaluator = train(args, info.env_id, client)
     print(f"best eval return {evaluator.best:.1f}", flush=True)
     return 0

@@ -1,12 +1,14 @@
 """What the example agents that are not `train` (agents/minimal_sac.py, agents/sb3_example.py)
-share: their reward-server and evaluation flags, and the local server they start when no
-`--server` is given."""
+share: their reward-server and evaluation flags, and the connection to `--server` or to the
+local server they start without one."""
 
 from __future__ import annotations
 
 import shlex
+from contextlib import ExitStack
 from dataclasses import dataclass
 
+from sd2ail_reward.client import RewardClient, ServerInfo
 from sd2ail_reward.spawn import LocalServer, spawn_server
 
 
@@ -59,3 +61,17 @@ def local_server(args: ServedAgentArgs) -> LocalServer:
         flags += ["--demo-episodes", *map(str, args.demo_episodes)]
     flags += shlex.split(args.serve_args)
     return spawn_server(flags, cli_args=["--log-level", "WARNING"], wait_ready=False)
+
+
+def connect(args: ServedAgentArgs, stack: ExitStack) -> tuple[RewardClient, ServerInfo]:
+    """A client of `--server`, or of a local server started for the run (both closed with
+    `stack`), once the server is SERVING."""
+    if args.server:
+        address, token = args.server, args.token or None
+    else:
+        server = stack.enter_context(local_server(args))
+        address, token = server.address, server.token
+    client = stack.enter_context(RewardClient(address, token=token))
+    info = client.wait_ready(timeout_s=300)
+    print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)
+    return client, info
