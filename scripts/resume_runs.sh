@@ -6,13 +6,31 @@
 # tasks' experts (recorded and verified as each finishes), then the Pendulum grids. A run
 # locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
 # ~/sd2ail-runs/grid); the log goes beside them.
+#
+# The runs execute the code of a detached git worktree at this checkout's HEAD (../runner
+# beside it, refreshed here), not of the checkout itself, so that editing the checkout while
+# runs go cannot break a run that starts later; results are archived from the checkout with
+# `python benchmarks/runs_csv.py`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
+python="$repo/.venv/bin/python"
 root="${SD2AIL_GRID_ROOT:-$HOME/sd2ail-runs/grid}"
+tree="$(dirname "$repo")/runner"
 mkdir -p "$root"
+head="$(git rev-parse HEAD)"
+# a worktree of this clone is moved to HEAD (its archive copies discarded); anything else
+# there (a previous session's, whose clone is gone) is replaced
+if ! git -C "$tree" checkout -q -f --detach "$head" 2>/dev/null; then
+    rm -rf "$tree"
+    git worktree prune
+    git worktree add -q --detach "$tree" "$head"
+fi
+echo "runs execute $tree at $(git -C "$tree" rev-parse --short HEAD)"
 lane() {
-    nohup .venv/bin/python benchmarks/grid.py run "$@" --parallel 1 >> "$root/../grid.log" 2>&1 &
-    echo "grid lane started (pid $!): $*"
+    (cd "$tree" && SD2AIL_GRID_ROOT="$root" nohup "$python" benchmarks/grid.py run "$@" \
+        --parallel 1 >> "$root/../grid.log" 2>&1 &
+     echo "grid lane started (pid $!): $*")
 }
 lane hopper-evidence hopper-recipe-check hopper-ablation
 lane experts pendulum-ablation pendulum-ci
