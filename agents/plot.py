@@ -33,8 +33,12 @@ from sd2ail_reward.flags import parse
 class PlotArgs:
     """Flags of `sd2ail-reward plot`, one per field."""
 
-    run_dirs: Annotated[tuple[Path, ...], tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
-    """Run directories of `train` (at least one)."""
+    run_dirs: Annotated[
+        tuple[Path, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="RUN_DIR [RUN_DIR ...]", help_behavior_hint="(required)"),
+    ]
+    """Run directories of `train`."""
     out: Path = Path(".")
     """Output directory."""
 
