@@ -9,14 +9,16 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import matplotlib
 import numpy as np
+import tyro
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -24,6 +26,29 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from sd2ail_reward.checkpoint import CheckpointError, CheckpointStore
+from sd2ail_reward.flags import parse
+
+
+@dataclass(frozen=True)
+class PlotArgs:
+    """Flags of `sd2ail-reward plot`, one per field."""
+
+    run_dirs: Annotated[
+        tuple[Path, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="RUN_DIR [RUN_DIR ...]", help_behavior_hint="(required)"),
+    ]
+    """Run directories of `train`."""
+    out: Path = Path(".")
+    """Output directory."""
+
+    def __post_init__(self) -> None:
+        if not self.run_dirs:  # tyro reports this as a usage error
+            raise ValueError("give at least one RUN_DIR")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PlotArgs:
+    return parse(PlotArgs, argv, prog="sd2ail-reward plot", description=__doc__.split("\n\n")[0])
 
 
 def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,10 +140,7 @@ def plot_pca(run_dir: Path, out: Path, max_points: int = 3000, seed: int = 0) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", type=Path, nargs="+", help="run directories of `train`")
-    parser.add_argument("--out", type=Path, default=Path("."), help="output directory")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     plot_curves(args.run_dirs, args.out / "curves.png")
     print(f"wrote {args.out / 'curves.png'}")

@@ -47,12 +47,12 @@ certificate travels as PEM bytes in the factory (a path would not exist on other
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,6 +63,7 @@ from tianshou.env.worker.ray import RayEnvWorker
 
 from agents.ray_actor import EnvActor, WrappedEnvFactory
 from sd2ail_reward import RewardClient
+from sd2ail_reward.flags import parse
 
 __all__ = [
     "EnvActor",
@@ -191,41 +192,61 @@ def collect_rate(venv: BaseVectorEnv, n_steps: int) -> float:
 # ------------------------------------------------------------------------------ example
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=2, help="Ray env workers (default: 2)")
-    p.add_argument("--ray-address", default="", help="Ray cluster ('auto'); empty: local Ray")
-    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of a local Ray (0: workers + 1)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves")
-    p.add_argument("--server", default="", help="host:port of a reward server; empty: local")
-    p.add_argument("--token", default="", help="write token shipped to the workers")
-    p.add_argument("--token-file", type=Path, help="read the write token from this file")
-    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) of a TLS server")
-    p.add_argument("--demos", default="demos/Pendulum-v1.zarr", help="demo store (local server)")
-    p.add_argument("--demo-episodes", type=int, nargs="+", default=[6], help="local server's")
-    p.add_argument("--serve-args", default="", help="extra flags for the local `serve`")
-    p.add_argument("--steps", type=int, default=5_000, help="env steps in total")
-    p.add_argument("--start-steps", type=int, default=1_000, help="random-action warm-up steps")
-    p.add_argument("--collect-per-worker", type=int, default=4, help="steps per worker per collect")
-    p.add_argument("--eval-every", type=int, default=1_000, help="env steps per epoch (eval)")
-    p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
-    p.add_argument("--sync-every", type=int, default=1_000, help="env steps between syncs")
-    p.add_argument("--hidden", type=int, default=256, help="SAC hidden width")
-    p.add_argument("--push-batch", type=int, default=256, help="transitions per push")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the learner")
-    p.add_argument(
-        "--collect-only",
-        type=int,
-        default=0,
-        help="measure N random-action env steps through the workers, then stop (no SAC)",
-    )
-    return p.parse_args(argv)
+@dataclass(frozen=True)
+class Args:
+    """Flags of the example, one per field."""
+
+    workers: int = 2
+    """Ray env workers."""
+    ray_address: str = ""
+    """Ray cluster to join ('auto'); empty: a local Ray."""
+    num_cpus: int = 0
+    """CPUs of a local Ray (0: workers + 1)."""
+    cpus_per_worker: float = 1.0
+    """CPUs each worker reserves."""
+    server: str = ""
+    """host:port of a reward server; empty: a local one."""
+    token: str = ""
+    """Write token shipped to the workers."""
+    token_file: Path | None = None
+    """Read the write token from this file."""
+    tls_ca: Path | None = None
+    """CA certificate (PEM) of a TLS server."""
+    demos: str = "demos/Pendulum-v1.zarr"
+    """Demo store of the local server."""
+    demo_episodes: tuple[int, ...] = (6,)
+    """Store indices of the expert episodes the local server learns from."""
+    serve_args: str = ""
+    """Extra flags for the local `serve`, e.g. '--hidden-dim 32'."""
+    steps: int = 5_000
+    """Env steps in total."""
+    start_steps: int = 1_000
+    """Random-action warm-up steps."""
+    collect_per_worker: int = 4
+    """Env steps per worker per collect."""
+    eval_every: int = 1_000
+    """Env steps per epoch (one evaluation each)."""
+    eval_episodes: int = 5
+    """Episodes per evaluation."""
+    sync_every: int = 1_000
+    """Env steps between client.sync() calls (0: never)."""
+    hidden: int = 256
+    """SAC hidden width."""
+    push_batch: int = 256
+    """Transitions per push."""
+    seed: int = 0
+    """Seed of the learner, the workers' envs and the local server."""
+    threads: int = 1
+    """Torch threads of the learner."""
+    collect_only: int = 0
+    """Measure N random-action env steps through the workers, then stop (0: train SAC)."""
 
 
-def train_sac(
-    args: argparse.Namespace, env_id: str, client: RewardClient, venv: BaseVectorEnv
-) -> float:
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    return parse(Args, argv, description=(__doc__ or "").split("\n\n")[0])
+
+
+def train_sac(args: Args, env_id: str, client: RewardClient, venv: BaseVectorEnv) -> float:
     """Tianshou SAC (ECOSYSTEM.md 1.2's, with the SD2AIL paper's lr 3e-4) on the Ray workers'
     transitions; the reward it learns from is the wrappers'. Returns the best TRUE evaluation
     return (unwrapped test env, deterministic policy)."""
@@ -299,7 +320,7 @@ def train_sac(
     return float(result.best_reward)
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def _token(args: Args) -> str | None:
     if args.token:
         return str(args.token)
     if args.token_file:

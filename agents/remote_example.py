@@ -47,21 +47,75 @@ overrides this, and then tokens travel in plaintext: do not). Either:
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Annotated
 
 import gymnasium as gym
 import numpy as np
+import tyro
 
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
+from sd2ail_reward.flags import parse_known
 from sd2ail_reward.spawn import LocalServer
 
 ADDRESS_LINE = "SD2AIL_SERVER_ADDRESS"
+
+
+@dataclass(frozen=True)
+class ServeCommand:
+    """Start the reward server; any other flag goes to `sd2ail-reward serve`."""
+
+    token_file: Path
+    """Token file; created with one fresh write token (mode 600) if missing."""
+    host: str = "127.0.0.1"
+    """Bind address."""
+    port: int = 0
+    """TCP port; 0 picks a free one."""
+    demos: Path = Path("demos/Pendulum-v1.zarr")
+    """Demo store of the server."""
+    log_file: Path | None = None
+    """Server log (None: a temporary file, kept on failure)."""
+
+
+@dataclass(frozen=True)
+class AgentCommand:
+    """Run a short agent loop against a server."""
+
+    address: str
+    """host:port printed by `serve`."""
+    token_file: Path
+    """File holding the token."""
+    tls_ca: Path | None = None
+    """PEM certificate(s) to verify a TLS server (None: plaintext)."""
+    steps: int = 400
+    """Env steps."""
+    push_batch: int = 100
+    """Transitions per push."""
+    seed: int = 0
+    """Seed of the env's resets and of the random actions."""
+
+
+@dataclass(frozen=True)
+class Args:
+    """`serve` or `agent`, with its flags."""
+
+    command: tyro.conf.OmitSubcommandPrefixes[
+        Annotated[ServeCommand, tyro.conf.subcommand("serve")]
+        | Annotated[AgentCommand, tyro.conf.subcommand("agent")]
+    ]
+    """The process to run."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[ServeCommand | AgentCommand, list[str]]:
+    """The command and the words that are not its flags (`serve` hands them on)."""
+    args, extra = parse_known(Args, argv, description=(__doc__ or "").split("\n\n")[0])
+    return args.command, extra
 
 
 def read_token(path: Path) -> tuple[str, str]:
@@ -75,7 +129,7 @@ def read_token(path: Path) -> tuple[str, str]:
     raise ValueError(f"{path}: no 'write <token>' or 'read <token>' line")
 
 
-def serve(args: argparse.Namespace, extra: list[str]) -> int:
+def serve(args: ServeCommand, extra: list[str]) -> int:
     """Run `sd2ail-reward serve` as a child (the library's `LocalServer`: its own session, so a
     terminal's Ctrl-C reaches only this process), print its address, and stop it gracefully on
     SIGTERM / SIGINT. Returns the server's exit status."""
@@ -105,7 +159,7 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
     return server.stop()
 
 
-def agent(args: argparse.Namespace) -> int:
+def agent(args: AgentCommand) -> int:
     """A random policy trained against nothing; it only shows the wrapper's plumbing."""
     role, token = read_token(args.token_file)
     client = RewardClient(args.address, token=token, root_certificates=args.tls_ca)
@@ -149,31 +203,15 @@ def agent(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser(
-        "serve", allow_abbrev=False, help="start the reward server; other flags go to `serve`"
-    )
-    s.add_argument("--token-file", type=Path, required=True, help="created if missing")
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
-    s.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    s.add_argument("--demos", type=Path, default=Path("demos/Pendulum-v1.zarr"))
-    s.add_argument(
-        "--log-file", type=Path, help="server log (default: a temporary file, kept on failure)"
-    )
-    a = sub.add_parser("agent", help="run a short agent loop against a server")
-    a.add_argument("--address", required=True, help="host:port printed by `serve`")
-    a.add_argument("--token-file", type=Path, required=True, help="file holding the token")
-    a.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to verify a TLS server")
-    a.add_argument("--steps", type=int, default=400, help="env steps (default: %(default)s)")
-    a.add_argument("--push-batch", type=int, default=100, help="transitions per push")
-    a.add_argument("--seed", type=int, default=0)
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "serve":
-        return serve(args, extra)
+    command, extra = parse_args(argv)
+    if isinstance(command, ServeCommand):
+        return serve(command, extra)
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return agent(args)
+        print(
+            f"remote_example.py agent: unrecognized arguments: {' '.join(extra)}", file=sys.stderr
+        )
+        return 2
+    return agent(command)
 
 
 if __name__ == "__main__":

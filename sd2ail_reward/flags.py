@@ -38,6 +38,26 @@ def parse(
     )
 
 
+def parse_known(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+) -> tuple[T, list[str]]:
+    """`parse`, but the words that are none of `cls`'s flags come back, in order, instead of
+    failing: for a command that hands them on to another."""
+    args = attached_values(sys.argv[1:] if argv is None else argv)
+    return tyro.cli(
+        cls,
+        args=args,
+        prog=prog,
+        description=description,
+        config=MARKERS,
+        return_unknown_args=True,
+    )
+
+
 def attached_values(argv: Sequence[str]) -> list[str]:
     """`--flag '-x y'` as `--flag=-x y`. argparse took a dash-led word holding a space for a
     value (`--serve-args '--hidden-dim 32'`); tyro takes any dash-led word after a flag for a

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import textwrap
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,6 +157,134 @@ def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
     assert config("--compute-dtype", "bfloat16") == "bfloat16"
 
 
+# ---------------------------------------------------------------- demos, plot, ray, remote
+
+
+def command_line(name: str) -> tuple[Callable[[Sequence[str]], Any], type, list[str], object]:
+    """(parse, its dataclass, the required words, what those alone parse to) of a command."""
+    from sd2ail_reward import demos_cli as d
+
+    store = Path("s.zarr")
+    demos = {
+        "demos inspect": (["s.zarr"], d.InspectArgs(store)),
+        "demos verify": (["s.zarr"], d.VerifyArgs(store)),
+        "demos import-minari": (["ds-v0", "o.zarr"], d.ImportMinariArgs("ds-v0", Path("o.zarr"))),
+        "demos export-minari": (["s.zarr", "x/y-v0"], d.ExportMinariArgs(store, "x/y-v0")),
+    }
+    if name in demos:
+        action = name.removeprefix("demos ")
+        parse = functools.partial(d.parse_demos_args, action)
+        return parse, d.DEMOS_ACTIONS[action], *demos[name]
+    if name == "plot":
+        from agents.plot import PlotArgs, parse_args
+
+        return parse_args, PlotArgs, ["r1", "r2"], PlotArgs(run_dirs=(Path("r1"), Path("r2")))
+    if name == "ray_workers":
+        ray_workers = pytest.importorskip("agents.ray_workers")
+        return ray_workers.parse_args, ray_workers.Args, [], ray_workers.Args()
+    remote = pytest.importorskip("agents.remote_example")
+    command = name.removeprefix("remote ")
+
+    def parse_command(argv: Sequence[str]) -> object:
+        parsed, extra = remote.parse_args([command, *argv])
+        assert extra == []
+        return parsed
+
+    if command == "serve":
+        return (
+            parse_command,
+            remote.ServeCommand,
+            ["--token-file", "t"],
+            remote.ServeCommand(Path("t")),
+        )
+    required = ["--address", "a:1", "--token-file", "t"]
+    return parse_command, remote.AgentCommand, required, remote.AgentCommand("a:1", Path("t"))
+
+
+COMMAND_FLAGS: dict[str, dict[str, list[str]]] = {
+    "demos inspect": {},
+    "demos verify": {"num_episodes": ["--num-episodes", "3"], "tol": ["--tol", "0.1"]},
+    "demos import-minari": {
+        "episodes": ["--episodes", "0", "1"], "env_id": ["--env-id", "Pendulum-v1"],
+        "overwrite": ["--overwrite"],
+    },
+    "demos export-minari": {"data_format": ["--data-format", "arrow"]},
+    "plot": {"out": ["--out", "o"]},
+    "ray_workers": {
+        "workers": ["--workers", "3"], "ray_address": ["--ray-address", "auto"],
+        "num_cpus": ["--num-cpus", "3"], "cpus_per_worker": ["--cpus-per-worker", "0.5"],
+        "server": ["--server", "h:1"], "token": ["--token", "t"],
+        "token_file": ["--token-file", "tf"], "tls_ca": ["--tls-ca", "ca.pem"],
+        "demos": ["--demos", "d.zarr"], "demo_episodes": ["--demo-episodes", "1", "2"],
+        "serve_args": ["--serve-args", "--hidden-dim 32"], "steps": ["--steps", "7"],
+        "start_steps": ["--start-steps", "7"], "collect_per_worker": ["--collect-per-worker", "7"],
+        "eval_every": ["--eval-every", "7"], "eval_episodes": ["--eval-episodes", "7"],
+        "sync_every": ["--sync-every", "0"], "hidden": ["--hidden", "8"],
+        "push_batch": ["--push-batch", "7"], "seed": ["--seed", "7"], "threads": ["--threads", "2"],
+        "collect_only": ["--collect-only", "7"],
+    },
+    "remote serve": {
+        "host": ["--host", "0.0.0.0"], "port": ["--port", "7"], "demos": ["--demos", "d.zarr"],
+        "log_file": ["--log-file", "l.log"],
+    },
+    "remote agent": {
+        "tls_ca": ["--tls-ca", "ca.pem"], "steps": ["--steps", "7"],
+        "push_batch": ["--push-batch", "7"], "seed": ["--seed", "7"],
+    },
+}  # fmt: skip
+"""One flag per field that has a default; the others are the required words."""
+
+
+@pytest.mark.parametrize("name", list(COMMAND_FLAGS))
+def test_every_field_of_the_other_commands_is_reachable_with_its_default(name: str) -> None:
+    """The required words alone give the dataclass's defaults; each flag changes its field."""
+    parse, cls, required, default = command_line(name)
+    assert parse(required) == default
+    flags = COMMAND_FLAGS[name]
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    assert set(flags) == optional
+    for field, words in flags.items():
+        given = parse([*required, *words])
+        changed = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if getattr(given, f.name) != getattr(default, f.name)
+        }
+        assert changed == {field}, (name, field, changed)
+
+
+def test_plot_needs_a_run_dir() -> None:
+    from agents.plot import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--out", "o"])
+    assert exit_.value.code == 2
+
+
+def test_remote_serve_hands_other_flags_to_serve_and_agent_refuses_them() -> None:
+    remote = pytest.importorskip("agents.remote_example")
+    words = ["--demo-episodes", "6", "1", "--hidden-dim=32", "--no-train"]
+    command, extra = remote.parse_args(["serve", "--token-file", "t", *words])
+    assert (command.token_file, extra) == (Path("t"), words)
+    agent = ["agent", "--address", "a:1", "--token-file", "t", "--hidden-dim", "32"]
+    assert remote.main(agent) == 2
+
+
+def test_the_demos_spellings_route_to_their_action() -> None:
+    """As README, benchmarks/grid.py and the tests spell them, --log-level first or not."""
+    from sd2ail_reward.cli import build_parser
+    from sd2ail_reward.demos_cli import VerifyArgs, parse_demos_args
+
+    store = "runs/x/Hopper-v5.zarr"
+    for argv in (
+        ["demos", "verify", store, "--num-episodes", "3"],
+        ["--log-level", "DEBUG", "demos", "verify", "--num-episodes", "3", store],
+    ):
+        args, rest = build_parser().parse_known_args(argv)
+        assert args.action == "verify"
+        assert parse_demos_args(args.action, rest) == VerifyArgs(Path(store), num_episodes=3)
+
+
 def field_docstrings(cls: type) -> dict[str, str]:
     """The attribute docstring under each field of dataclass `cls` (inherited ones included,
     a subclass's winning), whitespace collapsed."""
@@ -179,7 +310,10 @@ def help_text(parse: object, capsys: pytest.CaptureFixture[str]) -> str:
     return " ".join(capsys.readouterr().out.replace("│", " ").split())
 
 
-@pytest.mark.parametrize("command", ["serve", "train", "minimal_sac", "sb3_example", "record"])
+@pytest.mark.parametrize(
+    "command",
+    ["serve", "train", "minimal_sac", "sb3_example", "record", "remote", *COMMAND_FLAGS],
+)
 def test_help_shows_every_fields_docstring(
     command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,6 +332,12 @@ def test_help_shows_every_fields_docstring(
         from agents.expert import parse_args as parse
 
         classes = [RecordArgs]
+    elif command == "remote":
+        remote = pytest.importorskip("agents.remote_example")
+        parse, classes = remote.parse_args, [remote.Args]
+    elif command in COMMAND_FLAGS:
+        parse, cls, _, _ = command_line(command)
+        classes = [cls]
     else:
         module = pytest.importorskip(f"agents.{command}")
         parse, classes = module.parse_args, [module.Args]
