@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tyro
 
@@ -27,15 +27,10 @@ def parse(
 ) -> T:
     """`cls` from `argv` (sys.argv[1:] if None), with `default`'s values as the defaults when
     given; --help and usage errors exit."""
-    args = attached_values(sys.argv[1:] if argv is None else argv)
-    return tyro.cli(
-        cls,
-        args=args,
-        prog=prog,
-        description=description,
+    return _cli(
+        cls, argv, prog=prog, description=description,
         default=tyro.MISSING_NONPROP if default is None else default,
-        config=MARKERS,
-    )
+    )  # fmt: skip
 
 
 def parse_known(
@@ -47,15 +42,12 @@ def parse_known(
 ) -> tuple[T, list[str]]:
     """`parse`, but the words that are none of `cls`'s flags come back, in order, instead of
     failing: for a command that hands them on to another."""
+    return _cli(cls, argv, prog=prog, description=description, return_unknown_args=True)
+
+
+def _cli(cls: type[Any], argv: Sequence[str] | None, **tyro_kwargs: Any) -> Any:
     args = attached_values(sys.argv[1:] if argv is None else argv)
-    return tyro.cli(
-        cls,
-        args=args,
-        prog=prog,
-        description=description,
-        config=MARKERS,
-        return_unknown_args=True,
-    )
+    return tyro.cli(cls, args=args, config=MARKERS, **tyro_kwargs)
 
 
 def attached_values(argv: Sequence[str]) -> list[str]:
