@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,16 @@ class PlotArgs:
     out: Path = Path(".")
     """Output directory."""
 
-    def __post_init__(self) -> None:
-        if not self.run_dirs:  # tyro reports this as a usage error
-            raise ValueError("give at least one RUN_DIR")
-
 
 def parse_args(argv: Sequence[str] | None = None) -> PlotArgs:
-    return parse(PlotArgs, argv, prog="sd2ail-reward plot", description=__doc__.split("\n\n")[0])
+    """The flags; no RUN_DIR is a usage error (exit 2), as tyro has no one-or-more."""
+    prog = "sd2ail-reward plot"
+    args = parse(PlotArgs, argv, prog=prog, description=__doc__.split("\n\n")[0])
+    if not args.run_dirs:
+        print(f"usage: {prog} RUN_DIR [RUN_DIR ...] [--out DIR]", file=sys.stderr)
+        print(f"{prog}: error: give at least one RUN_DIR", file=sys.stderr)
+        raise SystemExit(2)
+    return args
 
 
 def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
