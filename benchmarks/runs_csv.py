@@ -118,8 +118,11 @@ def recipe_label(config: dict[str, Any]) -> str:
 
 
 def expert_return(config: dict[str, Any], summary: dict[str, Any]) -> float:
+    """The demos' mean return (NaN for a run without demos: an expert trained from scratch)."""
     if "expert_return" in summary:
         return float(summary["expert_return"])
+    if not config.get("demos"):
+        return math.nan
     from sd2ail_reward.demos import read_demos
 
     demos = read_demos(

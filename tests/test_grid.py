@@ -64,3 +64,13 @@ def test_runs_differing_in_a_recipe_setting_are_separate_configurations() -> Non
     assert recipe_label({**base, "lr": 3e-4, "fixed_length": True}) == (
         "expert, lr 0.0003, fixed_length True"
     )
+
+
+def test_a_run_without_demos_has_no_expert_return() -> None:
+    """An expert trained from scratch (`--demos ''`) before its first summary."""
+    import math
+
+    from benchmarks.runs_csv import expert_return
+
+    assert math.isnan(expert_return({"demos": ""}, {}))
+    assert expert_return({"demos": ""}, {"expert_return": 5.0}) == 5.0
