@@ -82,6 +82,23 @@ def parse_serve_args(argv: Sequence[str] | None = None) -> ServeArgs:
     return parse(ServeArgs, argv, prog="sd2ail-reward serve", description=SERVE_HELP)
 
 
+LEARNER_FLAG_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("hidden_dim", "diffusion", "hidden_dim"),
+    ("hidden_dim", "discriminator", "mlp_hidden_dim"),
+    ("diffusion_steps", "diffusion", "n_timesteps"),
+    ("compute_dtype", "discriminator", "compute_dtype"),
+    ("lr", "discriminator", "lr"),
+    ("expert_batch", "discriminator", "expert_batch"),
+    ("agent_batch", "discriminator", "agent_batch"),
+    ("candidates_per_update", "synthetic", "candidates_per_update"),
+    ("refresh_every", "synthetic", "refresh_every"),
+    ("min_agent_size", "", "min_agent_size"),
+    ("agent_capacity", "", "agent_capacity"),
+    ("updates_per_transition", "", "disc_updates_per_transition"),
+)
+"""(LearnerFlags field, LearnerConfig section or "" for the top level, field it sets)."""
+
+
 def learner_config(flags: LearnerFlags, env_id: str) -> LearnerConfig:
     """The preset for `env_id` (or --preset) and --algo, with the shaping flags applied."""
     name = flags.preset or preset_for_env(env_id)
@@ -90,33 +107,17 @@ def learner_config(flags: LearnerFlags, env_id: str) -> LearnerConfig:
         raise ValueError(
             f"preset {name!r} is for {config.env_id}, but the demo store holds {env_id} demos"
         )
-    diffusion, disc, synth = config.diffusion, config.discriminator, config.synthetic
-    if flags.hidden_dim is not None:
-        diffusion = dataclasses.replace(diffusion, hidden_dim=flags.hidden_dim)
-        disc = dataclasses.replace(disc, mlp_hidden_dim=flags.hidden_dim)
-    if flags.diffusion_steps is not None:
-        diffusion = dataclasses.replace(diffusion, n_timesteps=flags.diffusion_steps)
-    if flags.compute_dtype is not None:
-        disc = dataclasses.replace(disc, compute_dtype=flags.compute_dtype)
-    if flags.lr is not None:
-        disc = dataclasses.replace(disc, lr=flags.lr)
-    if flags.expert_batch is not None:
-        disc = dataclasses.replace(disc, expert_batch=flags.expert_batch)
-    if flags.agent_batch is not None:
-        disc = dataclasses.replace(disc, agent_batch=flags.agent_batch)
-    if flags.candidates_per_update is not None:
-        synth = dataclasses.replace(synth, candidates_per_update=flags.candidates_per_update)
-    if flags.refresh_every is not None:
-        synth = dataclasses.replace(synth, refresh_every=flags.refresh_every)
-    top: dict[str, object] = {}
-    for flag, name in (
-        ("min_agent_size", "min_agent_size"),
-        ("agent_capacity", "agent_capacity"),
-        ("updates_per_transition", "disc_updates_per_transition"),
-    ):
-        if getattr(flags, flag) is not None:
-            top[name] = getattr(flags, flag)
-    return replace_config(config, diffusion=diffusion, discriminator=disc, synthetic=synth, **top)
+    changes: dict[str, dict[str, object]] = {"": {}}
+    for flag, section, field_name in LEARNER_FLAG_FIELDS:
+        value = getattr(flags, flag)
+        if value is not None:
+            changes.setdefault(section, {})[field_name] = value
+    sections = {
+        section: dataclasses.replace(getattr(config, section), **fields)
+        for section, fields in changes.items()
+        if section
+    }
+    return replace_config(config, **sections, **changes[""])
 
 
 def run_serve(argv: Sequence[str]) -> int:
