@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 
-from sd2ail_reward.serve_cli import LearnerFlags, learner_config, parse_serve_args
+from sd2ail_reward.serve_cli import (
+    LEARNER_FLAG_FIELDS,
+    LearnerFlags,
+    learner_config,
+    parse_serve_args,
+)
 from sd2ail_reward.server import ServeOptions
 
 NOT_ON_THE_COMMAND_LINE = {
@@ -146,6 +151,9 @@ def test_every_learner_flag_is_reachable_and_defaults_to_the_preset() -> None:
         given = parse_serve_args(["--demos", "d.zarr", *flags]).learner
         assert dataclasses.replace(given, **{field: getattr(default, field)}) == default
         assert getattr(given, field) != getattr(default, field), field
+        if field not in {"algo", "preset", "seed", "device"}:  # a shaping flag: it reaches
+            assert field in {flag for flag, _, _ in LEARNER_FLAG_FIELDS}, field  # the config
+            assert learner_config(given, "Pendulum-v1") != preset("pendulum"), field
 
 
 def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
