@@ -181,16 +181,14 @@ def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
     )
 
 
+RECIPE_FIELDS = ("lr", "adam_beta1", "alpha", "fixed_length")
+"""The `TrainArgs` fields a SAC recipe sets (unless their flags are given)."""
+
+
 def recipe_defaults(name: SacRecipeName) -> TrainArgs:
     """`TrainArgs()` with the fields a SAC recipe sets taken from recipe `name`."""
     recipe = SAC_RECIPES[name]
-    return TrainArgs(
-        sac_recipe=name,
-        lr=recipe.lr,
-        adam_beta1=recipe.adam_beta1,
-        alpha=recipe.alpha,
-        fixed_length=recipe.fixed_length,
-    )
+    return TrainArgs(sac_recipe=name, **{key: getattr(recipe, key) for key in RECIPE_FIELDS})
 
 
 def policy_sees_normalized_obs(args: TrainArgs) -> bool:

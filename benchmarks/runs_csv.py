@@ -103,13 +103,13 @@ def extra_terms(config: dict[str, Any]) -> str:
 def recipe_label(config: dict[str, Any]) -> str:
     """The SAC recipe, with each of its settings the run changed (and a non-default chunk), so
     that runs differing in them are not counted as seeds of one configuration."""
-    from agents.recipes import SAC_RECIPES, TrainArgs
+    from agents.recipes import RECIPE_FIELDS, SAC_RECIPES, TrainArgs
 
     name = config.get("sac_recipe", "reference")
     recipe = SAC_RECIPES[name]
     changed = [
         f"{key} {config[key]}"
-        for key in ("lr", "adam_beta1", "alpha", "fixed_length")
+        for key in RECIPE_FIELDS
         if key in config and config[key] != getattr(recipe, key)
     ]
     if config.get("chunk", TrainArgs.chunk) != TrainArgs.chunk:
