@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.grid import GRID_ROOT, GRIDS  # noqa: E402
+from benchmarks.grid import GRID_ROOT, GRIDS, finished  # noqa: E402
 
 ARCHIVE = REPO / "benchmarks" / "results" / "runs"
 RUNS_CSV = REPO / "benchmarks" / "results" / "runs.csv"
@@ -35,6 +35,7 @@ COLUMNS = (
     "disc_ratio", "seed", "env_steps", "budget", "status", "best_return", "final_return",
     "expert_return", "best_step", "wall_s", "collection", "commit",
 )  # fmt: skip
+GRID_RUNS = {run.name: run for make in GRIDS.values() for run in make()}
 README_BEGIN, README_END = "<!-- runs.csv:begin -->", "<!-- runs.csv:end -->"
 
 
@@ -51,11 +52,9 @@ def archive(run_dir: Path) -> None:
 
 
 def run_finished(run_dir: Path) -> bool:
-    summary = run_dir / "summary.json"
-    budget = budgets().get(run_dir.name)
-    if budget is None or not summary.exists():
-        return False
-    return float(json.loads(summary.read_text())["env_steps"]) >= budget
+    """A grid run that reached its budget or target (`grid.finished`); False for any other."""
+    run = GRID_RUNS.get(run_dir.name)
+    return run is not None and run.run_dir == run_dir and finished(run)
 
 
 def archive_pca(run_dir: Path, target: Path) -> None:
@@ -76,7 +75,7 @@ def archive_pca(run_dir: Path, target: Path) -> None:
 def budgets() -> dict[str, int]:
     """Each grid run's intended env steps (a run's config holds only the steps of its last
     sitting)."""
-    return {run.name: run.steps for make in GRIDS.values() for run in make()}
+    return {name: run.steps for name, run in GRID_RUNS.items()}
 
 
 def disc_ratio(config: dict[str, Any]) -> str:
