@@ -145,12 +145,12 @@ def hopper_recipe_check() -> list[GridRun]:
     return [
         true_reward_run("hopper-envreward-expert-chunk64-seed0", "expert", 0, "--chunk", "64"),
         true_reward_run(
-            "hopper-envreward-reference-rawobs-seed0", "reference", 0, "--no-normalize-obs"
-        ),
-        true_reward_run(
             "hopper-envreward-reference-terminating-seed0", "reference", 0, "--no-fixed-length"
         ),
-        sd2ail_expert_recipe,
+        sd2ail_expert_recipe,  # the telling one: before the raw-observation diagnostic
+        true_reward_run(
+            "hopper-envreward-reference-rawobs-seed0", "reference", 0, "--no-normalize-obs"
+        ),
     ]
 
 

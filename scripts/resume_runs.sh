@@ -3,8 +3,9 @@
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time, so that the long Hopper imitation runs never hold both
 # cores: lane 1 the Hopper recipe checks (SD2AIL with the expert recipe among them), the
-# Hopper evidence, then the Hopper ablation; lane 2 the new
-# tasks' experts (recorded and verified as each finishes), then the Pendulum grids. A run
+# Hopper evidence, then the Hopper ablation; lane 2 the Pendulum ablation (short runs, the
+# cheapest test of the paper's claim), then the new tasks' experts (recorded and verified as
+# each finishes), then the Pendulum CI calibration. A run
 # locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
 # ~/sd2ail-runs/grid); the log goes beside them.
 #
@@ -34,5 +35,5 @@ lane() {
      echo "grid lane started (pid $!): $*")
 }
 lane hopper-recipe-check hopper-evidence hopper-ablation
-lane experts pendulum-ablation pendulum-ci
+lane pendulum-ablation experts pendulum-ci
 echo "log: $root/../grid.log"
