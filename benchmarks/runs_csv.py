@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -37,6 +39,8 @@ COLUMNS = (
 )  # fmt: skip
 GRID_RUNS = {run.name: run for make in GRIDS.values() for run in make()}
 README_BEGIN, README_END = "<!-- runs.csv:begin -->", "<!-- runs.csv:end -->"
+TASKS_BEGIN, TASKS_END = "<!-- tasks:begin -->", "<!-- tasks:end -->"
+TASK_ORDER = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5", "Pendulum-v1")
 
 
 def archive(run_dir: Path) -> None:
@@ -47,6 +51,8 @@ def archive(run_dir: Path) -> None:
     for name in RUN_FILES:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, target / name)
+    if run_dir.name.startswith("expert-") and (run_dir / "learning_curve.png").exists():
+        shutil.copyfile(run_dir / "learning_curve.png", target / "learning_curve.png")
     if run_finished(run_dir):
         archive_pca(run_dir, target)
 
@@ -146,7 +152,10 @@ def row_of(run: Path, budget: dict[str, int]) -> dict[str, Any]:
     steps = int(rows[-1]["env_step"])
     target = budget.get(run.name, int(config["steps"]))
     bc = config.get("algo") == "bc" and config.get("reward") != "env"
-    status = "finished" if steps >= target or (bc and summary) else "partial"
+    grid_run = GRID_RUNS.get(run.name)
+    target_return = grid_run.target if grid_run is not None else None
+    reached = target_return is not None and max(returns) >= target_return
+    status = "finished" if steps >= target or reached or (bc and summary) else "partial"
     return {
         "run": run.name,
         "env": config["env"],
@@ -198,6 +207,12 @@ def demos_label(row: dict[str, Any]) -> str:
     return f"{row['num_demos']}" + ("" if every == 1 else f", every {every}th pair")
 
 
+def expert_label(row: dict[str, Any]) -> str:
+    """The demos' mean return; '-' for a run without demos (an expert trained from scratch)."""
+    value = float(row["expert_return"])
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     """The README's table: one line per configuration, its seeds side by side."""
     lines = [
@@ -218,7 +233,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['env']} | {r['algo']} | {r['reward']} | {r['recipe']} ({r['obs']}) "
             f"| {r['extra_terms']} | {r['disc_ratio'] or '-'} | {demos_label(r)} "
             f"| {done} / {len(runs)} "
-            f"| {steps} ({r['budget'] // 1000}k) | {best} | {final} | {r['expert_return']:.0f} |"
+            f"| {steps} ({r['budget'] // 1000}k) | {best} | {final} | {expert_label(r)} |"
         )
     return "\n".join(lines)
 
@@ -239,7 +254,59 @@ def runs_markdown(rows: list[dict[str, Any]], env: str) -> str:
             f"| {r['disc_ratio'] or '-'} | {demos_label(r)} | {r['seed']} "
             f"| {r['env_steps']:,} / {r['budget']:,} | {r['status']} "
             f"| {r['best_return']:.0f} ({r['best_step']:,}) | {r['final_return']:.0f} "
-            f"| {r['expert_return']:.0f} | {r['wall_s'] / 3600:.1f} | {r['commit']} |"
+            f"| {expert_label(r)} | {r['wall_s'] / 3600:.1f} | {r['commit']} |"
+        )
+    return "\n".join(lines)
+
+
+def store_megabytes(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def tasks_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's task table: each task's demo store (from demos/) and its runs so far."""
+    from sd2ail_reward.demos import read_demos
+
+    lines = [
+        "| task | demo store | expert return (mean +- std of its episodes) | expert trained "
+        "| imitation runs finished / started | best SD2AIL return from 1 demo (seeds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env in TASK_ORDER:
+        store = REPO / "demos" / f"{env}.zarr"
+        expert_runs = [r for r in rows if r["run"].startswith(f"expert-{env}-")]
+        if store.exists():
+            demos = read_demos(store)
+            returns = demos.episode_returns
+            lengths = sorted({int(n) for n in np.diff(demos.episode_ends, prepend=0)})
+            store_cell = (
+                f"{demos.n_episodes} episodes x {'/'.join(map(str, lengths))} steps, "
+                f"{store_megabytes(store):.1f} MB"
+            )
+            return_cell = f"{returns.mean():.0f} +- {returns.std():.0f}"
+            trained = demos.attrs.get("expert_training_steps")
+            trained_cell = f"{int(trained) // 1000}k env steps" if trained else "-"
+        else:
+            store_cell, return_cell = "none yet", "-"
+            trained_cell = (
+                ", ".join(
+                    f"training: best {r['best_return']:.0f} at {r['env_steps'] // 1000}k"
+                    for r in expert_runs
+                )
+                or "not started"
+            )
+        imitation = [r for r in rows if r["env"] == env and r["reward"] == "learned"]
+        done = sum(r["status"] == "finished" for r in imitation)
+        sd2ail = [
+            r for r in imitation
+            if r["algo"] == "sd2ail" and int(r["num_demos"]) == 1 and r["extra_terms"] == "none"
+        ]  # fmt: skip
+        best_cell = (
+            f"{max(r['best_return'] for r in sd2ail):.0f} ({len(sd2ail)})" if sd2ail else "-"
+        )
+        lines.append(
+            f"| {env} | {store_cell} | {return_cell} | {trained_cell} "
+            f"| {done} / {len(imitation)} | {best_cell} |"
         )
     return "\n".join(lines)
 
@@ -264,6 +331,7 @@ def main() -> None:
     print(summary_markdown(rows))
     if args.readme:
         replace_between(REPO / "README.md", README_BEGIN, README_END, summary_markdown(rows))
+        replace_between(REPO / "README.md", TASKS_BEGIN, TASKS_END, tasks_markdown(rows))
         bench = REPO / "benchmarks" / "README.md"
         for env in sorted({row["env"] for row in rows}):
             begin, end = f"<!-- runs.csv {env}:begin -->", f"<!-- runs.csv {env}:end -->"

@@ -1,0 +1,50 @@
+"""runs.csv from run directories: a run that stopped at its target return is finished (not
+partial), a run without demos has no expert return, and the README's task table describes the
+committed demo stores."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import runs_csv
+from benchmarks.grid import GridRun
+
+
+def write_run(root: Path, name: str, steps: int, returns: list[float]) -> Path:
+    run = root / name
+    run.mkdir()
+    config = {"env": "HalfCheetah-v5", "demos": "", "reward": "env", "algo": "sd2ail"}
+    config |= {"num_demos": 1, "seed": 0, "steps": steps, "sac_recipe": "expert", "chunk": 1000}
+    (run / "config.json").write_text(json.dumps(config))
+    every = steps // len(returns) // 2
+    rows = ["env_step,eval_return_mean,wall_time"]
+    rows += [f"{every * (i + 1)},{r},{10 * i}" for i, r in enumerate(returns)]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    return run
+
+
+def test_a_run_stopped_at_its_target_return_is_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = GridRun("expert-X-seed0", (), steps=1000, target=100.0)
+    short = GridRun("expert-Y-seed0", (), steps=1000, target=100.0)
+    monkeypatch.setattr(runs_csv, "GRID_RUNS", {r.name: r for r in (target, short)})
+    reached = runs_csv.row_of(write_run(tmp_path, target.name, 1000, [10.0, 120.0]), {})
+    missed = runs_csv.row_of(write_run(tmp_path, short.name, 1000, [10.0, 90.0]), {})
+    assert reached["status"] == "finished" and reached["env_steps"] < 1000
+    assert missed["status"] == "partial"
+    assert math.isnan(reached["expert_return"]) and runs_csv.expert_label(reached) == "-"
+    assert reached["algo"] == "sac" and reached["best_return"] == 120.0
+
+
+def test_task_table_describes_the_committed_stores() -> None:
+    table = runs_csv.tasks_markdown([])
+    hopper = next(line for line in table.splitlines() if line.startswith("| Hopper-v5 "))
+    assert "40 episodes x 1000 steps" in hopper and "| 0 / 0 |" in hopper
+    expert = json.loads((runs_csv.REPO / "demos" / "Hopper-v5.expert.json").read_text())
+    assert f"{expert['expert_eval_return']:.0f}"[:2] in hopper  # the store's returns, ~3160
+    assert "| Ant-v5 | none yet |" in table or (runs_csv.REPO / "demos" / "Ant-v5.zarr").exists()
