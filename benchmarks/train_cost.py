@@ -141,19 +141,27 @@ def learner_costs(algo: str) -> tuple[float, float, float]:
     return reward_ms, median_ms(bare_step(learner, "float32"), repeats=15), generation_ms
 
 
-def run_train(algo: str, ratio: float, steps: int, start: int, run_dir: Path) -> dict[str, Any]:
+def run_train(
+    algo: str, ratio: float, steps: int, start: int, server_threads: int, run_dir: Path
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "sd2ail_reward.cli", "train", *HOPPER, "--algo", algo,
         "--steps", str(steps), "--start-steps", str(start), "--eval-every", str(steps),
         "--eval-episodes", "2", "--no-progress", "--run-dir", str(run_dir),
         f"--server-arg=--updates-per-transition={ratio}",
+        f"--server-arg=--torch-threads={server_threads}",
     ]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=7200)
     return dict(json.loads((run_dir / "timings.json").read_text()))
 
 
 def row_of(
-    algo: str, ratio: float, timings: dict[str, Any], bare: dict[str, float], args: Any
+    algo: str,
+    ratio: float,
+    server_threads: int,
+    timings: dict[str, Any],
+    bare: dict[str, float],
+    args: Any,
 ) -> dict[str, Any]:
     trained = args.steps - args.start_steps
     per_step = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in LOOP_PARTS}
@@ -165,6 +173,7 @@ def row_of(
     return {
         "algo": algo,
         "ratio": ratio,
+        "server_threads": server_threads,
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
         **{f"{p}_ms": round(v, 2) for p, v in server.items()},
         "measured_ms_per_step": round(measured, 2),
@@ -184,7 +193,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['algo']}\n{r['ratio']}" for r in rows]
+    labels = [f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     bottom = np.zeros(len(rows))
     for part in LOOP_PARTS:
@@ -203,14 +212,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| algo | disc:SAC | collect | SAC update | relabel wait | Sync wait | measured | "
-        "server: disc / reward | bare SAC / reward / disc (+ generation) | bound "
+        "| algo | disc:SAC | server threads | collect | SAC update | relabel wait | Sync wait "
+        "| measured | server: disc / reward | bare SAC / reward / disc (+ generation) | bound "
         "| bound / measured |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['algo']} | {r['ratio']} | {r['collect_ms']} | {r['sac_update_ms']} | "
+            f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['collect_ms']} "
+            f"| {r['sac_update_ms']} | "
             f"{r['relabel_wait_ms']} | {r['sync_wait_ms']} | {r['measured_ms_per_step']} | "
             f"{r['server_train_ms']} / {r['server_reward_ms']} | {r['bare_sac_ms']} / "
             f"{r['bare_reward_ms']} / {r['bare_disc_update_ms']} (+ {r['bare_generation_ms']}) | "
@@ -227,6 +237,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--start-steps", type=int, default=2000)
     parser.add_argument("--cores", type=int, default=2, help="cores the run may use")
+    parser.add_argument(
+        "--server-threads",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="the reward server's torch threads (each a variant; serve's auto is half the cores)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -237,10 +254,12 @@ def main() -> None:
         reward_ms, disc_ms, gen_ms = learner_costs(algo)
         bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
         for ratio in args.ratios:
-            with tempfile.TemporaryDirectory() as tmp:
-                timings = run_train(algo, ratio, args.steps, args.start_steps, Path(tmp) / "r")
-            rows.append(row_of(algo, ratio, timings, bare, args))
-            print(rows[-1], flush=True)
+            for threads in args.server_threads:
+                with tempfile.TemporaryDirectory() as tmp:
+                    run_dir = Path(tmp) / "r"
+                    timings = run_train(algo, ratio, args.steps, args.start_steps, threads, run_dir)
+                rows.append(row_of(algo, ratio, threads, timings, bare, args))
+                print(rows[-1], flush=True)
     meta = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
