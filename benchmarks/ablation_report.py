@@ -14,7 +14,7 @@ is given), and the probability that an SD2AIL run beats a run of each other algo
 the same protocol (rliable's probability of improvement, on the AUC, with its interval). Only
 finished runs count (a partial run's curve is shorter). Writes
 `benchmarks/results/ablation_<name>.csv` and `.png` (mean curve with its 95% band per
-algorithm) and prints the markdown table.
+algorithm) and prints the markdown table (`--readme`: also into benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from agents.stats import (  # noqa: E402
     probability_of_improvement_ci,
 )
 from benchmarks.grid import GRIDS  # noqa: E402
-from benchmarks.runs_csv import ARCHIVE, RUNS_CSV  # noqa: E402
+from benchmarks.runs_csv import ARCHIVE, RUNS_CSV, replace_between  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -176,6 +176,11 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="output name: results/ablation_<name>.*")
     parser.add_argument("--threshold", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="write the table into benchmarks/README.md (between its `ablation <name>` marks)",
+    )
     args = parser.parse_args()
     curves, quality = load_runs(args.grids)
     if not curves:
@@ -187,7 +192,11 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     plot(curves, RESULTS / f"ablation_{args.name}.png", f"{args.name}: mean and 95% CI")
-    print(markdown(rows, args.threshold))
+    table = markdown(rows, args.threshold)
+    print(table)
+    if args.readme:
+        begin, end = f"<!-- ablation {args.name}:begin -->", f"<!-- ablation {args.name}:end -->"
+        replace_between(REPO / "benchmarks" / "README.md", begin, end, table)
 
 
 if __name__ == "__main__":
