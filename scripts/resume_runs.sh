@@ -3,7 +3,8 @@
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time, so that the long Hopper imitation runs never hold both
 # cores: lane 1 the Hopper recipe checks (SD2AIL with the expert recipe among them), the
-# Hopper evidence, then the Hopper ablation; lane 2 the Pendulum ablation (short runs, the
+# Hopper evidence, then the Hopper ablation; lane 2 a first SD2AIL run on each new task whose
+# demo store is committed, then the Pendulum ablation (short runs, the
 # cheapest test of the paper's claim), then the new tasks' experts (recorded and verified as
 # each finishes), then the Pendulum CI calibration. A run
 # locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
@@ -35,5 +36,5 @@ lane() {
      echo "grid lane started (pid $!): $*")
 }
 lane hopper-recipe-check hopper-evidence hopper-ablation
-lane pendulum-ablation experts pendulum-ci
+lane new-tasks pendulum-ablation experts pendulum-ci
 echo "log: $root/../grid.log"

@@ -74,3 +74,18 @@ def test_a_run_without_demos_has_no_expert_return() -> None:
 
     assert math.isnan(expert_return({"demos": ""}, {}))
     assert expert_return({"demos": ""}, {"expert_return": 5.0}) == 5.0
+
+
+def test_a_run_waits_for_its_demo_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    waiting = grid.GridRun("w", ("--env", "Ant-v5", "--demos", "demos/No-v0.zarr"), steps=10)
+    ready = grid.GridRun("r", ("--env", "Hopper-v5", "--demos", "demos/Hopper-v5.zarr"), 10)
+    assert waiting.missing_demos() == grid.REPO / "demos" / "No-v0.zarr"
+    assert ready.missing_demos() is None
+    grid.run_grid([waiting], parallel=1, nice=0)  # returns at once: nothing to start
+    assert "waits for" in capsys.readouterr().out
+    assert not waiting.run_dir.exists()
+    new_tasks = {run.name: run for run in grid.new_tasks()}
+    assert new_tasks["halfcheetah-sd2ail-1demo-expertrecipe-seed0"].missing_demos() is None
