@@ -1,8 +1,8 @@
 """Does SD2AIL beat its ablations and baselines? Per-algorithm statistics of a grid's runs.
 
     python benchmarks/ablation_report.py --grids pendulum-ablation --name pendulum --threshold -300
-    python benchmarks/ablation_report.py --grids hopper-evidence hopper-ablation --name hopper \
-        --threshold 2500
+    python benchmarks/ablation_report.py --grids hopper-evidence hopper-recipe-check \
+        hopper-ablation --name hopper --threshold 2500
 
 Reads the archived runs (`benchmarks/results/runs/<run>/metrics.csv`, see runs_csv.py) of
 the grids and reports, per algorithm (and demo protocol) over its seeds: the mean and 95%
@@ -37,16 +37,22 @@ from agents.stats import (  # noqa: E402
     probability_of_improvement_ci,
 )
 from benchmarks.grid import GRIDS  # noqa: E402
-from benchmarks.runs_csv import ARCHIVE, RUNS_CSV, replace_between  # noqa: E402
+from benchmarks.runs_csv import ARCHIVE, RUNS_CSV, recipe_label, replace_between  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def group_of(run: str, algo: str) -> str:
-    """The algorithm, with the demo protocol when the demos were subsampled."""
+    """The algorithm, with the demo protocol when the demos were subsampled and the SAC recipe
+    when it is not the reference's; SAC on the env's own reward (a control) per recipe."""
     config = json.loads((ARCHIVE / run / "config.json").read_text())
+    if config.get("reward") == "env":  # the recipe's name and any setting changed from it
+        return f"sac on the true reward ({recipe_label(config)} recipe)"
     every = int(config.get("demo_subsample", 1))
-    return algo if every == 1 else f"{algo} (every {every}th pair)"
+    recipe = config.get("sac_recipe", "reference")
+    parts = [f"every {every}th pair"] if every != 1 else []
+    parts += [] if recipe == "reference" else [f"{recipe} recipe"]
+    return algo + (f" ({', '.join(parts)})" if parts else "")
 
 
 Curves = dict[str, list[tuple[np.ndarray, np.ndarray, int]]]

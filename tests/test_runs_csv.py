@@ -48,3 +48,24 @@ def test_task_table_describes_the_committed_stores() -> None:
     expert = json.loads((runs_csv.REPO / "demos" / "Hopper-v5.expert.json").read_text())
     assert f"{expert['expert_eval_return']:.0f}"[:2] in hopper  # the store's returns, ~3160
     assert "| Ant-v5 | none yet |" in table or (runs_csv.REPO / "demos" / "Ant-v5.zarr").exists()
+
+
+def test_ablation_groups_keep_protocols_recipes_and_controls_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import ablation_report
+
+    monkeypatch.setattr(ablation_report, "ARCHIVE", tmp_path)
+    configs = {
+        "a": {"algo": "diffail", "demo_subsample": 20, "sac_recipe": "reference"},
+        "b": {"algo": "sd2ail", "sac_recipe": "expert"},
+        "c": {"algo": "sd2ail", "reward": "env", "sac_recipe": "reference", "fixed_length": False},
+        "d": {"algo": "sd2ail", "reward": "env", "sac_recipe": "reference"},
+    }
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    groups = {name: ablation_report.group_of(name, c["algo"]) for name, c in configs.items()}
+    assert groups["a"] == "diffail (every 20th pair)"
+    assert groups["b"] == "sd2ail (expert recipe)"
+    assert groups["c"] != groups["d"] and groups["d"].startswith("sac on the true reward")
