@@ -117,6 +117,40 @@ def plain_sac_update(batch_size: int) -> Callable[[], None]:
     return update
 
 
+def _timed_updates(start: Any, results: Any, repeats: int) -> None:
+    """Median ms of plain SAC updates in a fresh process, started with the others."""
+    torch.set_num_threads(1)
+    update = plain_sac_update(256)
+    for _ in range(5):
+        update()
+    start.wait()
+    results.put(median_ms(update, repeats=repeats, warmup=0))
+
+
+def two_core_speedup(repeats: int = 60) -> tuple[float, float, float]:
+    """(ms per plain SAC update alone, ms each with two processes at once, speedup): the
+    throughput two busy processes get from this machine's two cores (2.0 if they scale).
+    The bound divides the arithmetic by `--cores`; a speedup below 2 is the hardware's share
+    of a missed floor (shared caches, memory bandwidth, or vCPUs that are one core's threads)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    times = []
+    for processes in (1, 2):
+        start, results = ctx.Barrier(processes), ctx.Queue()
+        workers = [
+            ctx.Process(target=_timed_updates, args=(start, results, repeats))
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        times.append(float(np.mean([results.get(timeout=600) for _ in workers])))
+        for worker in workers:
+            worker.join()
+    alone, together = times
+    return alone, together, 2 * alone / together
+
+
 def learner_costs(algo: str) -> tuple[float, float, float]:
     """(relabel reward of 256 rows, one discriminator update's bare forward/backward/Adam, the
     bare forward arithmetic of pseudo-expert generation per update), ms."""
@@ -260,8 +294,14 @@ def main() -> None:
                     timings = run_train(algo, ratio, args.steps, args.start_steps, threads, run_dir)
                 rows.append(row_of(algo, ratio, threads, timings, bare, args))
                 print(rows[-1], flush=True)
+    alone_ms, together_ms, speedup = two_core_speedup()
+    print(f"plain SAC update: {alone_ms:.2f} ms alone, {together_ms:.2f} ms each in two "
+          f"processes at once: two-core speedup {speedup:.2f}", flush=True)  # fmt: skip
     meta = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "sac_update_alone_ms": round(alone_ms, 2),
+        "sac_update_two_processes_ms": round(together_ms, 2),
+        "two_core_speedup": round(speedup, 3),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_avg_start_end": f"{load_start:.1f}/{os.getloadavg()[0]:.1f}",
