@@ -116,6 +116,38 @@ def make_critic(
     return ContinuousCritic(preprocess_net=InputScaledNet(shift=shift, scale=scale, **kwargs))
 
 
+def _uniform_(tensor: torch.Tensor, bound: float, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        tensor.uniform_(-bound, bound, generator=gen)
+
+
+def _linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def rlkit_init_(
+    actor: ContinuousActorProbabilistic,
+    critics: Sequence[ContinuousCritic],
+    gen: torch.Generator,
+) -> None:
+    """The reference's (rlkit's) initial weights, in place: hidden layers `fanin_init` with
+    bias 0.1, the actor's mean and log-sigma heads uniform +-1e-3 (a policy that starts at
+    mean 0, sigma 1) and each critic's output layer +-3e-3 (Q starts near 0). rlkit's
+    `fanin_init` takes `weight.size(0)`, the layer's OUTPUT width, as its fan-in; kept so."""
+    hidden = [*_linears(actor.preprocess)]
+    heads = [*_linears(actor.mu), *_linears(actor.sigma)]
+    for critic in critics:
+        hidden += _linears(critic.preprocess)
+    for layer in hidden:
+        _uniform_(layer.weight, 1.0 / float(np.sqrt(layer.weight.shape[0])), gen)
+        torch.nn.init.constant_(layer.bias, 0.1)
+    outputs = [(layer, 1e-3) for layer in heads]
+    outputs += [(layer, 3e-3) for critic in critics for layer in _linears(critic.last)]
+    for layer, bound in outputs:
+        _uniform_(layer.weight, bound, gen)
+        _uniform_(layer.bias, bound, gen)
+
+
 def make_policy(actor: torch.nn.Module, action_space: gym.spaces.Box) -> SACPolicy:
     """tanh(Gaussian) actions in [-1, 1], scaled to the env's bounds by `policy.map_action`."""
     return SACPolicy(actor=actor, action_space=action_space, deterministic_eval=True)

@@ -155,6 +155,10 @@ class TrainArgs:
     """TD3+BC's term in SAC's actor loss: weight x mean|Q| x MSE to demo actions (not in paper)."""
     critic_layer_norm: bool = False
     """LayerNorm in both critics, bounding Q far from the data (RLPD; not in the paper)."""
+    sac_init: Literal["tianshou", "rlkit"] = "tianshou"
+    """Initial weights: Tianshou's (PyTorch defaults) or the reference's rlkit (small heads)."""
+    policy_reg: float = 0.0
+    """rlkit's actor-loss term: this x (mean mu^2 + mean log sigma^2); the reference: 1e-3."""
     server_args: Annotated[
         tuple[str, ...], tyro.conf.arg(name="server-arg"), tyro.conf.UseAppendAction
     ] = ()

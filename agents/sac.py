@@ -21,7 +21,7 @@ from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import ReplayBuffer
 
 from agents.cloning import DemoCloningLoss, behaviour_cloning
-from agents.networks import ObsStats, make_actor, make_critic
+from agents.networks import ObsStats, make_actor, make_critic, rlkit_init_
 from agents.recipes import SAC_RECIPES, TrainArgs
 from sd2ail_reward.demos import DemoSet
 
@@ -46,14 +46,18 @@ def make_sac(
     def opt() -> AdamOptimizerFactory:
         return AdamOptimizerFactory(lr=args.lr, betas=(args.adam_beta1, 0.999))
 
+    actor = make_actor(s, a, args.hidden_sizes, obs_stats)
+    critics = [
+        make_critic(s, a, args.hidden_sizes, obs_stats, args.critic_layer_norm) for _ in range(2)
+    ]
+    if args.sac_init == "rlkit":
+        rlkit_init_(actor, critics, torch.Generator().manual_seed(args.seed))
     kwargs: dict[str, Any] = dict(
-        policy=SACPolicy(
-            actor=make_actor(s, a, args.hidden_sizes, obs_stats), action_space=act_space
-        ),
+        policy=SACPolicy(actor=actor, action_space=act_space),
         policy_optim=opt(),
-        critic=make_critic(s, a, args.hidden_sizes, obs_stats, args.critic_layer_norm),
+        critic=critics[0],
         critic_optim=opt(),
-        critic2=make_critic(s, a, args.hidden_sizes, obs_stats, args.critic_layer_norm),
+        critic2=critics[1],
         critic2_optim=opt(),
         tau=args.tau,
         gamma=args.gamma,
@@ -152,9 +156,36 @@ class CloningTerm:
     batch_size: int
 
 
+class PolicyRegulariser:
+    """rlkit's SAC actor-loss term, `weight` x (mean mu^2 + mean log sigma^2) of the actor's
+    pre-tanh Gaussian (ALGORITHM.md 2.3), on the batch of the actor loss it is added to.
+
+    Tianshou's SAC does not hand its optimiser the actor's output, so a forward hook keeps the
+    actor's last (mu, sigma): in `SAC._update_with_batch` the actor's last forward before
+    `policy_optim.step` is the one the actor loss is built from (the critics' targets are
+    computed earlier, in `_preprocess_batch`)."""
+
+    def __init__(self, actor: torch.nn.Module, weight: float) -> None:
+        self.weight = weight
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        actor.register_forward_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        (mu, sigma), _ = output
+        self._last = (mu, sigma)
+
+    def __call__(self) -> torch.Tensor:
+        if self._last is None:
+            raise RuntimeError("the policy regulariser needs the actor's forward first")
+        mu, sigma = self._last
+        self._last = None  # never reused by a later step
+        return self.weight * (mu.pow(2).mean() + sigma.log().pow(2).mean())
+
+
 class ActorOptimizer:
     """SAC's actor optimiser, optionally holding its first `hold` steps (critics and alpha
-    still learn) and adding a behaviour-cloning term to the actor's loss.
+    still learn) and adding a behaviour-cloning term and rlkit's policy regulariser to the
+    actor's loss.
 
     The cloning term is TD3+BC's (Fujimoto & Gu, 2021): `bc_weight * mean|Q| * mse` on a demo
     batch, so that its pull keeps in proportion to the Q-values as they grow; |actor loss|
@@ -168,8 +199,10 @@ class ActorOptimizer:
         hold: int = 0,
         cloning: CloningTerm | None = None,
         seed: int = 0,
+        regulariser: PolicyRegulariser | None = None,
     ) -> None:
         self.inner, self.hold, self.skipped, self.cloning = inner, hold, 0, cloning
+        self.regulariser = regulariser
         self.gen = torch.Generator().manual_seed(seed)
         self.last_cloning_mse = float("nan")
 
@@ -179,6 +212,8 @@ class ActorOptimizer:
         if self.skipped < self.hold:
             self.skipped += 1
             return
+        if self.regulariser is not None:
+            loss = loss + self.regulariser()
         if self.cloning is not None:
             term = self.cloning
             idx = torch.randint(len(term.loss.obs), (term.batch_size,), generator=self.gen)
@@ -198,7 +233,12 @@ def wrap_actor_optimizer(
             raise ValueError("--bc-weight needs --demos")
         loss = DemoCloningLoss(demos, act_space)
         cloning = CloningTerm(algorithm.policy.actor, loss, args.bc_weight, args.batch_size)
-    optim = ActorOptimizer(algorithm.policy_optim, args.actor_hold_updates, cloning, args.seed)
+    regulariser = None
+    if args.policy_reg > 0:
+        regulariser = PolicyRegulariser(algorithm.policy.actor, args.policy_reg)
+    optim = ActorOptimizer(
+        algorithm.policy_optim, args.actor_hold_updates, cloning, args.seed, regulariser
+    )
     algorithm.policy_optim = optim  # type: ignore[assignment]
     return optim
 

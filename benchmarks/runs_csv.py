@@ -119,6 +119,10 @@ def recipe_label(config: dict[str, Any]) -> str:
     ]
     if config.get("chunk", TrainArgs.chunk) != TrainArgs.chunk:
         changed.append(f"chunk {config['chunk']}")
+    if config.get("sac_init", TrainArgs.sac_init) != TrainArgs.sac_init:
+        changed.append(f"{config['sac_init']} init")
+    if config.get("policy_reg", 0.0):
+        changed.append(f"policy_reg {config['policy_reg']:g}")
     return ", ".join([name, *changed])
 
 

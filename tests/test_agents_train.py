@@ -712,3 +712,80 @@ def test_an_expert_trains_on_the_true_reward_without_demos_and_records_a_verifie
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert refused.returncode != 0 and "--demos is needed for --reward learned" in refused.stderr
+
+
+def test_rlkit_init_starts_at_mean_zero_unit_sigma_and_q_near_zero() -> None:
+    """The reference's initial weights: hidden biases 0.1, the actor's heads and the critics'
+    outputs within +-1e-3 / +-3e-3, so the first policy is ~N(0, 1) and Q ~ 0, unlike
+    Tianshou's defaults; the same seed gives the same weights."""
+    import torch
+
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import make_sac
+
+    obs_space, act_space = box_spaces("Hopper-v5")
+    obs = torch.as_tensor(np.random.default_rng(0).normal(size=(256, 11)), dtype=torch.float32)
+
+    def built(init: str, seed: int = 0) -> Any:
+        args = TrainArgs(env="Hopper-v5", sac_init=init, seed=seed, normalize_obs=False)  # type: ignore[arg-type]
+        torch.manual_seed(1)
+        return make_sac(args, obs_space, act_space, None)
+
+    rlkit, tianshou = built("rlkit"), built("tianshou")
+    with torch.no_grad():
+        (mu, sigma), _ = rlkit.policy.actor(obs)
+        q = rlkit.critic(obs, torch.zeros(256, 3))
+        (mu_t, sigma_t), _ = tianshou.policy.actor(obs)
+    assert mu.abs().max() < 0.05 and (sigma - 1).abs().max() < 0.05
+    assert q.abs().max() < 0.2
+    assert mu_t.abs().max() > 0.05 or (sigma_t - 1).abs().max() > 0.05  # the default differs
+    assert torch.all(rlkit.policy.actor.preprocess.model.model[0].bias == 0.1)
+    again = built("rlkit")
+    for a, b in zip(rlkit.policy.actor.parameters(), again.policy.actor.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_policy_regulariser_adds_rlkits_term_to_the_actor_loss() -> None:
+    """The actor loss handed to the optimiser carries weight x (mean mu^2 + mean log sigma^2)
+    of the batch the actor loss was built from, and over updates on random transitions it
+    pulls mu towards 0 against the run without it."""
+    import torch
+    from tianshou.utils.torch_utils import policy_within_training_step
+
+    from agents.networks import box_spaces
+    from agents.recipes import TrainArgs
+    from agents.sac import ActorOptimizer, PolicyRegulariser, make_sac
+
+    obs_space, act_space = box_spaces("Pendulum-v1")
+    buffer = random_transitions(256, 3, 2.0, 1, np.random.default_rng(0))
+
+    class Recording:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.losses = inner, []
+
+        def step(self, loss: torch.Tensor, **kwargs: Any) -> None:
+            self.losses.append(float(loss.detach()))
+            self.inner.step(loss, **kwargs)
+
+    def run(weight: float) -> tuple[list[float], float, PolicyRegulariser]:
+        torch.manual_seed(0)
+        args = TrainArgs(env="Pendulum-v1", hidden_sizes=(16, 16))
+        sac = make_sac(args, obs_space, act_space, None)
+        regulariser = PolicyRegulariser(sac.policy.actor, weight)
+        recording = Recording(sac.policy_optim)
+        sac.policy_optim = ActorOptimizer(recording, regulariser=regulariser)  # type: ignore[assignment]
+        with policy_within_training_step(sac.policy):
+            for _ in range(200):
+                sac.update(buffer=buffer, sample_size=64)
+        with torch.no_grad():
+            (mu, _), _ = sac.policy.actor(np.asarray(buffer.obs[:256]))
+        return recording.losses, float(mu.pow(2).mean()), regulariser
+
+    plain_losses, plain_mu2, _ = run(0.0)
+    reg_losses, reg_mu2, regulariser = run(1.0)
+    assert reg_losses[0] > plain_losses[0]  # the same first batch, plus a positive term
+    assert reg_mu2 < 0.5 * plain_mu2, (plain_mu2, reg_mu2)
+    regulariser()  # the last forward (the mu above)
+    with pytest.raises(RuntimeError):
+        regulariser()  # consumed: a step without a fresh actor forward is refused

@@ -104,6 +104,7 @@ TRAIN_FLAGS = {
     "bc_init_epochs": ["--bc-init-epochs", "3"],
     "actor_hold_updates": ["--actor-hold-updates", "3"],
     "bc_weight": ["--bc-weight", "0.5"], "critic_layer_norm": ["--critic-layer-norm"],
+    "sac_init": ["--sac-init", "rlkit"], "policy_reg": ["--policy-reg", "0.001"],
     "server_args": ["--server-arg=--hidden-dim=8"], "progress": ["--no-progress"],
 }  # fmt: skip
 """One flag per TrainArgs field. --sac-recipe also sets the recipe's fields it does not
