@@ -310,18 +310,26 @@ def new_tasks() -> list[GridRun]:
     env steps, with the `expert` recipe (the one that trained these experts on the true reward:
     HalfCheetah's reached 5252 in 90k) and the evidence grids' disc:SAC ratio. A task's run
     waits until its demo store is committed (the `experts` grid makes it)."""
-    return [
-        GridRun(
-            f"{env.split('-')[0].lower()}-sd2ail-1demo-expertrecipe-seed0",
+
+    def run(env: str, algo: str) -> GridRun:
+        demos = ("--env", env, "--demos", f"demos/{env}.zarr", "--num-demos", "1")
+        if algo == "bc":
+            return GridRun(
+                f"{env.split('-')[0].lower()}-bc-1demo-seed0", (*demos, "--algo", "bc"), 200
+            )
+        return GridRun(
+            f"{env.split('-')[0].lower()}-{algo}-1demo-expertrecipe-seed0",
             (
-                *("--env", env, "--demos", f"demos/{env}.zarr", "--num-demos", "1"),
-                *("--sac-recipe", "expert", "--seed", "0", "--eval-every", "5000"),
+                *demos,
+                *("--algo", algo, "--sac-recipe", "expert", "--seed", "0", "--eval-every", "5000"),
                 f"--server-arg=--updates-per-transition={DISC_RATIO}",
             ),
             100_000,
         )
-        for env in EXPERT_TARGETS
-    ]
+
+    # then, on HalfCheetah (where the first SD2AIL run learned), BC and DiffAIL beside it
+    comparisons = [run("HalfCheetah-v5", "bc"), run("HalfCheetah-v5", "diffail")]
+    return [*(run(env, "sd2ail") for env in EXPERT_TARGETS), *comparisons]
 
 
 GRIDS = {
