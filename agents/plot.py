@@ -88,7 +88,7 @@ def plot_curves(run_dirs: Sequence[Path], out: Path) -> None:
         label, expert = run_label(run_dir)
         (line,) = ax.plot(steps, mean, label=label)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.15, color=line.get_color())
-        if expert is not None and expert not in experts:
+        if expert is not None and np.isfinite(expert) and expert not in experts:
             experts.add(expert)
             ax.axhline(expert, ls="--", color="k", lw=1, label=f"expert ({expert:.0f})")
     save_figure(fig, ax, out, "env steps", "true evaluation return")
