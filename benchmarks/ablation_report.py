@@ -1,8 +1,8 @@
 """Does SD2AIL beat its ablations and baselines? Per-algorithm statistics of a grid's runs.
 
     python benchmarks/ablation_report.py --grids pendulum-ablation --name pendulum --threshold -300
-    python benchmarks/ablation_report.py --grids hopper-evidence hopper-recipe-check \
-        hopper-ablation --name hopper --threshold 2500
+    python benchmarks/ablation_report.py --grids hopper-expert-recipe hopper-evidence \
+        hopper-recipe-check hopper-ablation --name hopper --threshold 2500
 
 Reads the archived runs (`benchmarks/results/runs/<run>/metrics.csv`, see runs_csv.py) of
 the grids and reports, per algorithm (and demo protocol) over its seeds: the mean and 95%

@@ -2,8 +2,8 @@
 # Start of a session: resume every unfinished training run of the evidence grids, in the
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time, so that the long Hopper imitation runs never hold both
-# cores: lane 1 the Hopper recipe checks (SD2AIL with the expert recipe among them), the
-# Hopper evidence, then the Hopper ablation; lane 2 a first SD2AIL run on each new task whose
+# cores: lane 1 SD2AIL and DiffAIL on Hopper with the expert recipe (3 + 2 seeds: they decide
+# `make run`), the Hopper recipe checks, the Hopper evidence, then the Hopper ablation; lane 2 a first SD2AIL run on each new task whose
 # demo store is committed, then the Pendulum ablation (short runs, the
 # cheapest test of the paper's claim), then the new tasks' experts (recorded and verified as
 # each finishes), then the Pendulum CI calibration. A run
@@ -35,6 +35,6 @@ lane() {
         --parallel 1 >> "$root/../grid.log" 2>&1 &
      echo "grid lane started (pid $!): $*")
 }
-lane hopper-recipe-check hopper-evidence hopper-ablation
+lane hopper-expert-recipe hopper-recipe-check hopper-evidence hopper-ablation
 lane new-tasks pendulum-ablation experts pendulum-ci
 echo "log: $root/../grid.log"
