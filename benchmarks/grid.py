@@ -225,21 +225,25 @@ def pendulum_ci() -> list[GridRun]:
 
 
 def hopper_ablation() -> list[GridRun]:
-    """Issue "Does SD2AIL beat its ablations", Hopper-v5 from one demo: the full-trajectory
-    protocol's GAIL (3 seeds), DiffAIL's third seed and BC (3 seeds) beside hopper-evidence's
-    SD2AIL and DiffAIL runs (the same budget and ratio, not run twice), and GAIL's subsampled
-    protocol (every 20th pair of the trajectory: 50 pairs) for SD2AIL, DiffAIL and BC."""
+    """Issue "Does SD2AIL beat its ablations", Hopper-v5 from one demo, with the `expert` SAC
+    recipe of hopper-expert-recipe (the recipe `make run` uses: SD2AIL reached the expert with
+    it): the full-trajectory protocol's GAIL (3 seeds), DiffAIL's third seed and BC (3 seeds)
+    beside hopper-expert-recipe's SD2AIL and DiffAIL runs (the same recipe, budget and ratio,
+    not run twice), and GAIL's subsampled protocol (every 20th pair of the trajectory: 50
+    pairs) for SD2AIL, DiffAIL and BC."""
     imitation = [
         ("gail", 0, 1), ("gail", 1, 1), ("gail", 2, 1), ("diffail", 2, 1),
         ("sd2ail", 0, 20), ("diffail", 0, 20), ("sd2ail", 1, 20), ("diffail", 1, 20),
     ]  # fmt: skip
     runs = [
         GridRun(
-            f"hopper-{algo}-1demo{'' if every == 1 else f'-sub{every}'}-seed{seed}",
+            f"hopper-{algo}-1demo{'' if every == 1 else f'-sub{every}'}-expertrecipe-seed{seed}",
             (
                 *HOPPER,
                 "--algo",
                 algo,
+                "--sac-recipe",
+                "expert",
                 "--seed",
                 str(seed),
                 "--eval-every",

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Start of a session: resume every unfinished training run of the evidence grids, in the
 # background (finished runs are skipped, started ones resume from their checkpoints).
-# Two lanes, one run each at a time, so that the long Hopper imitation runs never hold both
-# cores: lane 1 SD2AIL and DiffAIL on Hopper with the expert recipe (3 + 2 seeds: they decide
-# `make run`), the Hopper recipe checks, the Hopper evidence, then the Hopper ablation; lane 2 a first SD2AIL run on each new task whose
-# demo store is committed, then the Pendulum ablation (short runs, the
-# cheapest test of the paper's claim), then the new tasks' experts (recorded and verified as
-# each finishes), then the Pendulum CI calibration. A run
+# Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
+# DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
+# same recipe), the reference-recipe checks and the reference-recipe evidence; lane 2 a first SD2AIL run on each new task whose
+# demo store is committed, the Pendulum ablation, the new tasks' experts (recorded and
+# verified as each finishes), then the Pendulum CI calibration. A run
 # locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
 # ~/sd2ail-runs/grid); the log goes beside them.
 #
@@ -35,6 +34,6 @@ lane() {
         --parallel 1 >> "$root/../grid.log" 2>&1 &
      echo "grid lane started (pid $!): $*")
 }
-lane hopper-expert-recipe hopper-recipe-check hopper-evidence hopper-ablation
-lane new-tasks pendulum-ablation experts pendulum-ci
+lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence
+lane hopper-expert-recipe new-tasks pendulum-ablation experts pendulum-ci
 echo "log: $root/../grid.log"
