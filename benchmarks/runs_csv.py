@@ -102,6 +102,8 @@ def extra_terms(config: dict[str, Any]) -> str:
     ]
     if config.get("critic_layer_norm"):
         terms.append("critic_layer_norm")
+    if "--compute-dtype=bfloat16" in (config.get("server_args") or ()):
+        terms.append("server bf16")  # not the paper's arithmetic: a configuration of its own
     return ";".join(terms) or "none"
 
 

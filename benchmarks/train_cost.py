@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -151,9 +152,10 @@ def two_core_speedup(repeats: int = 60) -> tuple[float, float, float]:
     return alone, together, 2 * alone / together
 
 
-def learner_costs(algo: str) -> tuple[float, float, float]:
+def learner_costs(algo: str, compute_dtype: str = "float32") -> tuple[float, float, float]:
     """(relabel reward of 256 rows, one discriminator update's bare forward/backward/Adam, the
-    bare forward arithmetic of pseudo-expert generation per update), ms."""
+    bare forward arithmetic of pseudo-expert generation per update), ms, in the server's
+    `compute_dtype`."""
     from benchmarks.disc_update_cost import bare_generation, bare_step
     from sd2ail_reward.config import ALGOS, preset
     from sd2ail_reward.demos import read_demos
@@ -161,7 +163,12 @@ def learner_costs(algo: str) -> tuple[float, float, float]:
 
     demos = read_demos(REPO / "demos" / "Hopper-v5.zarr", num_episodes=1)
     known = {str(name): name for name in ALGOS}  # the Literal the preset takes
-    learner = RewardLearner(preset("hopper", known[algo]), demos, seed=0)
+    config = preset("hopper", known[algo])
+    dtype: Literal["float32", "bfloat16"] = "bfloat16" if compute_dtype == "bfloat16" else "float32"
+    config = dataclasses.replace(
+        config, discriminator=dataclasses.replace(config.discriminator, compute_dtype=dtype)
+    )
+    learner = RewardLearner(config, demos, seed=0)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(demos.obs), 256)
     noise = rng.normal(0, 0.1, demos.action[idx].shape).astype(np.float32)
@@ -170,13 +177,19 @@ def learner_costs(algo: str) -> tuple[float, float, float]:
     synthetic = learner.config.synthetic
     generation_ms = 0.0
     if synthetic.enabled:  # one round every refresh_every updates
-        round_ms = median_ms(bare_generation(learner, "float32"), repeats=5, warmup=1)
+        round_ms = median_ms(bare_generation(learner, dtype), repeats=5, warmup=1)
         generation_ms = round_ms / synthetic.refresh_every
-    return reward_ms, median_ms(bare_step(learner, "float32"), repeats=15), generation_ms
+    return reward_ms, median_ms(bare_step(learner, dtype), repeats=15), generation_ms
 
 
 def run_train(
-    algo: str, ratio: float, steps: int, start: int, server_threads: int, run_dir: Path
+    algo: str,
+    ratio: float,
+    steps: int,
+    start: int,
+    server_threads: int,
+    compute_dtype: str,
+    run_dir: Path,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "sd2ail_reward.cli", "train", *HOPPER, "--algo", algo,
@@ -184,6 +197,7 @@ def run_train(
         "--eval-episodes", "2", "--no-progress", "--run-dir", str(run_dir),
         f"--server-arg=--updates-per-transition={ratio}",
         f"--server-arg=--torch-threads={server_threads}",
+        f"--server-arg=--compute-dtype={compute_dtype}",
     ]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=7200)
     return dict(json.loads((run_dir / "timings.json").read_text()))
@@ -193,6 +207,7 @@ def row_of(
     algo: str,
     ratio: float,
     server_threads: int,
+    compute_dtype: str,
     timings: dict[str, Any],
     bare: dict[str, float],
     args: Any,
@@ -208,6 +223,7 @@ def row_of(
         "algo": algo,
         "ratio": ratio,
         "server_threads": server_threads,
+        "compute_dtype": compute_dtype,
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
         **{f"{p}_ms": round(v, 2) for p, v in server.items()},
         "measured_ms_per_step": round(measured, 2),
@@ -227,7 +243,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr" for r in rows]
+    labels = [
+        f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr"
+        + ("\nbf16" if r.get("compute_dtype") == "bfloat16" else "")
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     bottom = np.zeros(len(rows))
     for part in LOOP_PARTS:
@@ -246,14 +266,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| algo | disc:SAC | server threads | collect | SAC update | relabel wait | Sync wait "
+        "| algo | disc:SAC | server threads | server dtype | collect | SAC update | relabel wait "
+        "| Sync wait "
         "| measured | server: disc / reward | bare SAC / reward / disc (+ generation) | bound "
         "| bound / measured |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['collect_ms']} "
+            f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['compute_dtype']} "
+            f"| {r['collect_ms']} "
             f"| {r['sac_update_ms']} | "
             f"{r['relabel_wait_ms']} | {r['sync_wait_ms']} | {r['measured_ms_per_step']} | "
             f"{r['server_train_ms']} / {r['server_reward_ms']} | {r['bare_sac_ms']} / "
@@ -278,6 +300,13 @@ def main() -> None:
         default=[1],
         help="the reward server's torch threads (each a variant; serve's auto is half the cores)",
     )
+    parser.add_argument(
+        "--compute-dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32"],
+        help="the server's forward dtype (each a variant, its bare arithmetic in the same dtype)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -285,15 +314,18 @@ def main() -> None:
     sac_ms = median_ms(plain_sac_update(256))
     rows = []
     for algo in args.algos:
-        reward_ms, disc_ms, gen_ms = learner_costs(algo)
-        bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
-        for ratio in args.ratios:
-            for threads in args.server_threads:
-                with tempfile.TemporaryDirectory() as tmp:
-                    run_dir = Path(tmp) / "r"
-                    timings = run_train(algo, ratio, args.steps, args.start_steps, threads, run_dir)
-                rows.append(row_of(algo, ratio, threads, timings, bare, args))
-                print(rows[-1], flush=True)
+        for dtype in args.compute_dtypes:
+            reward_ms, disc_ms, gen_ms = learner_costs(algo, dtype)
+            bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
+            for ratio in args.ratios:
+                for threads in args.server_threads:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        run_dir = Path(tmp) / "r"
+                        timings = run_train(
+                            algo, ratio, args.steps, args.start_steps, threads, dtype, run_dir
+                        )
+                    rows.append(row_of(algo, ratio, threads, dtype, timings, bare, args))
+                    print(rows[-1], flush=True)
     alone_ms, together_ms, speedup = two_core_speedup()
     print(f"plain SAC update: {alone_ms:.2f} ms alone, {together_ms:.2f} ms each in two "
           f"processes at once: two-core speedup {speedup:.2f}", flush=True)  # fmt: skip
