@@ -65,17 +65,20 @@ def run_finished(run_dir: Path) -> bool:
 
 def archive_pca(run_dir: Path, target: Path) -> None:
     """The paper's Fig. 4 for a finished run with pseudo-experts: expert vs pseudo-expert
-    samples of its last server checkpoint (drawn once; runs without pseudo-experts get none)."""
-    from agents.plot import plot_pca
+    samples of its last server checkpoint (drawn once; runs without pseudo-experts get none),
+    and for every finished run with a learned reward `quality.json`: the Frechet distances to
+    the expert of its pseudo-experts, its latest pairs and its random warm-up pairs."""
+    from agents.plot import plot_pca, write_quality
 
     figure = target / "pca.png"
     config = json.loads((run_dir / "config.json").read_text())
-    generates = config.get("algo") in ("sd2ail", "pseudo_only") and config.get("reward") in (
-        None,
-        "learned",
-    )
-    if generates and (run_dir / "server").is_dir() and not figure.exists():
+    learned = config.get("reward") in (None, "learned") and config.get("algo") != "bc"
+    generates = learned and config.get("algo") in ("sd2ail", "pseudo_only")
+    has_server = (run_dir / "server").is_dir()
+    if generates and has_server and not figure.exists():
         plot_pca(run_dir, figure)
+    if learned and has_server and not (target / "quality.json").exists():
+        write_quality(run_dir, target / "quality.json")
 
 
 def budgets() -> dict[str, int]:

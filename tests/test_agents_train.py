@@ -130,6 +130,8 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (plots / "curves.png").stat().st_size > 0 and (plots / "pca.png").stat().st_size > 0
+    quality = json.loads((plots / "quality.json").read_text())
+    assert quality["agent_latest_rows"] > 0 and quality["frechet_agent_latest"] >= 0
 
 
 @pytest.mark.parametrize("store", [PENDULUM, HOPPER], ids=["Pendulum-v1", "Hopper-v5"])
