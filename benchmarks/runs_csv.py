@@ -105,8 +105,15 @@ def extra_terms(config: dict[str, Any]) -> str:
     ]
     if config.get("critic_layer_norm"):
         terms.append("critic_layer_norm")
-    if "--compute-dtype=bfloat16" in (config.get("server_args") or ()):
+    server_args = config.get("server_args") or ()
+    if "--compute-dtype=bfloat16" in server_args:
         terms.append("server bf16")  # not the paper's arithmetic: a configuration of its own
+    for flag, term in (
+        ("--normalize-obs", "disc obs normalised"),
+        ("--no-normalize-obs", "disc obs raw"),
+    ):
+        if flag in server_args:
+            terms.append(term)  # the preset's choice overridden
     return ";".join(terms) or "none"
 
 

@@ -58,6 +58,8 @@ class LearnerFlags:
     """Diffusion steps T of the discriminator."""
     compute_dtype: Literal["float32", "bfloat16"] | None = None
     """Forward passes on the CPU in bfloat16 (autocast; not the paper's arithmetic) or float32."""
+    normalize_obs: bool | None = None
+    """Discriminate on obs z-scored by the expert's mean / std (the preset's: Hopper, Walker on)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ LEARNER_FLAG_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("min_agent_size", "", "min_agent_size"),
     ("agent_capacity", "", "agent_capacity"),
     ("updates_per_transition", "", "disc_updates_per_transition"),
+    ("normalize_obs", "", "normalize_obs"),
 )
 """(LearnerFlags field, LearnerConfig section or "" for the top level, field it sets)."""
 

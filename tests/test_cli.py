@@ -138,6 +138,7 @@ LEARNER_FLAGS = {
     "candidates_per_update": ["--candidates-per-update", "7"],
     "refresh_every": ["--refresh-every", "7"], "diffusion_steps": ["--diffusion-steps", "7"],
     "compute_dtype": ["--compute-dtype", "bfloat16"],
+    "normalize_obs": ["--no-normalize-obs"],
 }  # fmt: skip
 
 
@@ -164,6 +165,17 @@ def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
 
     assert config() == "float32"
     assert config("--compute-dtype", "bfloat16") == "bfloat16"
+
+
+def test_normalize_obs_flag_overrides_the_preset_either_way() -> None:
+    def normalised(env_id: str, *flags: str) -> bool:
+        args = parse_serve_args(["--demos", "d.zarr", *flags])
+        return learner_config(args.learner, env_id).normalize_obs
+
+    assert normalised("HalfCheetah-v5") is False  # the reference's preset
+    assert normalised("HalfCheetah-v5", "--normalize-obs") is True
+    assert normalised("Hopper-v5") is True
+    assert normalised("Hopper-v5", "--no-normalize-obs") is False
 
 
 # ---------------------------------------------------------------- demos, plot, ray, remote

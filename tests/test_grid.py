@@ -75,6 +75,9 @@ def test_a_bf16_server_run_is_a_configuration_of_its_own() -> None:
     config = {"server_args": [a.split("=", 1)[1] for a in bf16.args if "--server-arg" in a]}
     assert extra_terms(config) == "server bf16"
     assert extra_terms({"server_args": ["--updates-per-transition=0.25"]}) == "none"
+    (normalised,) = [r for r in grid.new_tasks() if "discnorm" in r.name]
+    assert "--server-arg=--normalize-obs" in normalised.args
+    assert extra_terms({"server_args": ["--normalize-obs"]}) == "disc obs normalised"
 
 
 def test_a_run_without_demos_has_no_expert_return() -> None:
