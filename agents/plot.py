@@ -71,14 +71,16 @@ def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run_label(run_dir: Path) -> tuple[str, float | None]:
-    """'algo env seed' (what the reward was, where it was not the learned one) and the expert
-    return recorded in the run's summary, if any."""
+    """'algo, recipe env seed' (what the reward was, where it was not the learned one; the SAC
+    recipe) and the expert return recorded in the run's summary, if any."""
     config = json.loads((run_dir / "config.json").read_text())
     reward = config.get("reward") or ("frozen" if config.get("frozen_discriminator") else "")
     algo = {"env": "SAC, true reward", "frozen": f"{config.get('algo', '?')}, frozen D"}.get(
         reward, config.get("algo", "?")
     )
-    label = f"{algo} {config.get('env', '')} s{config.get('seed', '')}"
+    recipe = config.get("sac_recipe")
+    recipe_part = f", {recipe} recipe" if recipe else ""
+    label = f"{algo}{recipe_part} {config.get('env', '')} s{config.get('seed', '')}"
     summary = run_dir / "summary.json"
     expert = json.loads(summary.read_text()).get("expert_return") if summary.exists() else None
     return label, expert
