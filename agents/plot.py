@@ -7,7 +7,10 @@
   discriminator's normalised [action, obs] space, with the agent's latest pairs beside them.
 - `quality.json`: the Frechet distance to the expert's pairs, in that space, of the latest
   pseudo-experts, of the agent's latest pairs and of its random warm-up pairs (the paper's
-  "random" reference: 85.4 for pseudo-experts vs 304.7 for random on Hopper).
+  "random" reference: 85.4 for pseudo-experts vs 304.7 for random on Hopper); and the Pearson
+  correlation of the learned with the env's reward over the run's training transitions (SAC's
+  last checkpoint), both scored by the final D: the latest 5,000 (what `metrics.csv` logs)
+  and 20,000 spread over the whole run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from matplotlib.figure import Figure
 
 from sd2ail_reward.checkpoint import CheckpointError, CheckpointStore
 from sd2ail_reward.flags import parse
-from sd2ail_reward.metrics import frechet_distance
+from sd2ail_reward.metrics import frechet_distance, pearson
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,59 @@ def write_quality(run_dir: Path, out: Path) -> dict[str, float] | None:
         print(f"no reward quality: {err}")
         return None
     quality = reward_quality(rows)
+    try:
+        quality.update(reward_correlations(run_dir))
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"no reward correlations: {err}")
     out.write_text(json.dumps(quality, indent=2) + "\n")
     return quality
+
+
+def reward_correlations(run_dir: Path, n: int = 5000, whole: int = 20_000) -> dict[str, float]:
+    """Pearson correlations of learned and env rewards over the run's replay buffer (SAC's
+    latest checkpoint) scored by the discriminator of the server's latest checkpoint.
+
+    Late in a run the agent's transitions are much alike, so the latest ones correlate less
+    than the whole run's, which span the warm-up, falls and the learned gait: both are given."""
+    from sd2ail_reward.config import from_dict
+    from sd2ail_reward.demos import read_demos
+    from sd2ail_reward.learner import RewardLearner
+
+    buffer = CheckpointStore(run_dir / "checkpoints").load_latest().state["buffer"]
+    size = int(buffer["size"])
+    if size < 2 or int(buffer["insertion_idx"]) != size % int(buffer["maxsize"]):
+        raise KeyError("a replay buffer that has wrapped (its order is lost)")
+    obs, act = np.asarray(buffer["data/obs"]), np.asarray(buffer["data/act"])
+    obs_next = np.asarray(buffer["data/obs_next"])
+    env_reward = np.asarray(buffer["data/info/env_reward"], np.float64)
+    state = CheckpointStore(run_dir / "server").load_latest().state
+    config = json.loads((run_dir / "config.json").read_text())
+    demos = read_demos(
+        REPO / config["demos"] if not Path(config["demos"]).is_absolute() else config["demos"],
+        num_episodes=config.get("num_demos"),
+        episodes=config.get("demo_episodes"),
+        expected_env_id=config["env"],
+    ).subsampled(int(config.get("demo_subsample", 1)))
+    learner = RewardLearner(from_dict(json.loads(state["config"])), demos)
+    learner.load_state_dict(state)
+    low = np.asarray(state["normalizer"]["act_low"], np.float64)
+    high = np.asarray(state["normalizer"]["act_high"], np.float64)
+
+    def learned(index: np.ndarray) -> np.ndarray:
+        """The final D's reward of the transitions at `index`, in blocks."""
+        rewards = []
+        for block in np.array_split(index, max(1, len(index) // 2048)):
+            env_act = low + (np.asarray(act[block], np.float64) + 1.0) * 0.5 * (high - low)
+            rewards.append(learner.reward(obs[block], env_act.astype(np.float32), obs_next[block]))
+        return np.concatenate(rewards).astype(np.float64)
+
+    latest = np.arange(max(0, size - n), size)
+    spread = np.unique(np.linspace(0, size - 1, min(whole, size)).astype(np.int64))
+    return {
+        "reward_corr_latest": pearson(learned(latest), env_reward[latest]),
+        "reward_corr_whole_run": pearson(learned(spread), env_reward[spread]),
+        "transitions": float(size),
+    }
 
 
 def plot_pca(run_dir: Path, out: Path, max_points: int = 3000, seed: int = 0) -> bool:

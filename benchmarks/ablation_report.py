@@ -56,12 +56,13 @@ def group_of(run: str, algo: str) -> str:
 
 
 Curves = dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
-Quality = dict[str, list[tuple[float, float, float, float]]]
+Quality = dict[str, list[tuple[float, float, float, float, float]]]
 
 
 def load_runs(grids: list[str]) -> tuple[Curves, Quality]:
     """algo -> [(steps, returns, budget)] of the grids' finished runs, and algo -> [(Pearson
-    correlation of the learned with the true reward, and the Frechet distances to the expert of
+    correlation of the learned with the true reward over the latest transitions (metrics) and
+    the whole run (`quality.json`), and the Frechet distances to the expert of
     the pseudo-experts, the agent's latest pairs and its random warm-up pairs)] at each run's
     end (NaN where a run has none). The distances come from the run's `quality.json` (its
     last server checkpoint); without one, the pseudo-experts' from its last metrics row."""
@@ -88,6 +89,7 @@ def load_runs(grids: list[str]) -> tuple[Curves, Quality]:
                 float(end.get("frechet_pseudo", last.get("pseudo_frechet") or "nan")),
                 float(end.get("frechet_agent_latest", "nan")),
                 float(end.get("frechet_random_warmup", "nan")),
+                float(end.get("reward_corr_whole_run", "nan")),
             )
         )
     return curves, quality
@@ -110,7 +112,9 @@ def summarise(
         for key, values in (("best", best), ("final", final)):
             mean, lower, upper = bootstrap_ci(values, rng)
             row.update({key: mean, f"{key}_lo": lower, f"{key}_hi": upper})
-        for index, key in enumerate(("corr", "frechet", "agent_frechet", "random_frechet")):
+        for index, key in enumerate(
+            ("corr", "frechet", "agent_frechet", "random_frechet", "corr_whole")
+        ):
             measured = [q[index] for q in quality.get(algo, []) if np.isfinite(q[index])]
             if measured:
                 mean, lower, upper = bootstrap_ci(measured, rng)
@@ -141,9 +145,9 @@ def interval(row: dict[str, object], key: str, fmt: str = "{:.0f}") -> str:
 def markdown(rows: list[dict[str, object]], threshold: float) -> str:
     lines = [
         f"| algo | runs | best | final | AUC (mean return) | first step >= {threshold:g} "
-        "(reached) | P(SD2AIL > algo), AUC | reward corr (end) | Frechet to the expert (end): "
-        "pseudo-experts | agent | random warm-up |",
-        "|---|---:|---|---|---|---|---|---|---|---|---|",
+        "(reached) | P(SD2AIL > algo), AUC | reward corr: latest | whole run "
+        "| Frechet to the expert (end): pseudo-experts | agent | random warm-up |",
+        "|---|---:|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reached = f" ({row['reached']}/{row['runs']})" if "reached" in row else ""
@@ -152,7 +156,8 @@ def markdown(rows: list[dict[str, object]], threshold: float) -> str:
             f"| {row['algo']} | {row['runs']} | {interval(row, 'best')} | "
             f"{interval(row, 'final')} | {interval(row, 'auc')} | "
             f"{interval(row, 'first_step')}{reached} | {poi} | "
-            f"{interval(row, 'corr', '{:.2f}')} | {interval(row, 'frechet', '{:.1f}')} | "
+            f"{interval(row, 'corr', '{:.2f}')} | {interval(row, 'corr_whole', '{:.2f}')} | "
+            f"{interval(row, 'frechet', '{:.1f}')} | "
             f"{interval(row, 'agent_frechet', '{:.1f}')} | "
             f"{interval(row, 'random_frechet', '{:.1f}')} |"
         )
