@@ -24,7 +24,6 @@ import os
 import platform
 import pstats
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from agents.networks import box_spaces  # noqa: E402
 from agents.recipes import TrainArgs  # noqa: E402
 from agents.sac import make_sac  # noqa: E402
-from benchmarks.train_cost import plain_sac_update  # noqa: E402
+from benchmarks.train_cost import median_ms, plain_sac_update  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -72,15 +71,6 @@ def tianshou_sac_update(batch_size: int, seed: int = 0) -> Callable[[], None]:
     return update
 
 
-def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -96,7 +86,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     rows = []
     for round_index in range(args.rounds):
-        measured = {name: median_ms(fn, args.repeats) for name, fn in variants.items()}
+        measured = {name: median_ms(fn, args.repeats, warmup=0) for name, fn in variants.items()}
         row: dict[str, object] = {"round": round_index}
         row.update({f"{name}_ms": round(ms, 3) for name, ms in measured.items()})
         row["ratio"] = round(measured["tianshou"] / measured["plain"], 3)
