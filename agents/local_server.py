@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -14,11 +15,22 @@ from sd2ail_reward.spawn import LocalServer
 log = logging.getLogger("sd2ail.train")
 
 
-def start_local_server(args: TrainArgs, run_dir: Path, resume_from: str = "") -> LocalServer:
+def start_local_server(
+    args: TrainArgs, run_dir: Path, resume_from: str = "", server_cores: Sequence[int] = ()
+) -> LocalServer:
     """The run's own reward server (`sd2ail_reward.spawn.LocalServer`: 127.0.0.1, a free port,
     the run's write token in RUN_DIR/token, its log in RUN_DIR/server.log, its own session so a
     signal to train's process group leaves it to train to stop), resuming from `resume_from`,
     the server checkpoint saved with the SAC checkpoint train resumes from."""
+    serve_args = local_serve_args(args, run_dir, resume_from, server_cores)
+    log.info("starting reward server: serve %s", " ".join(serve_args))
+    return LocalServer(serve_args, token_file=run_dir / "token", log_path=run_dir / "server.log")
+
+
+def local_serve_args(
+    args: TrainArgs, run_dir: Path, resume_from: str = "", server_cores: Sequence[int] = ()
+) -> list[str]:
+    """`serve`'s flags for the run's own server; pinned to `server_cores` when given."""
     serve_args = [
         "--demos", args.demos, "--algo", args.algo, "--seed", str(args.seed),
         "--checkpoint-dir", str(run_dir / "server"),
@@ -36,9 +48,19 @@ def start_local_server(args: TrainArgs, run_dir: Path, resume_from: str = "") ->
         serve_args += ["--demo-subsample", str(args.demo_subsample)]
     if args.reward == "frozen":
         serve_args += ["--no-train"]
+    if server_cores:
+        serve_args += ["--cpus", *map(str, server_cores)]
     serve_args += list(args.server_args)
-    log.info("starting reward server: serve %s", " ".join(serve_args))
-    return LocalServer(serve_args, token_file=run_dir / "token", log_path=run_dir / "server.log")
+    return serve_args
+
+
+def split_cores(allowed: Sequence[int]) -> tuple[int, list[int]]:
+    """(train's core, the server's cores) for `--pin-cores`: the first allowed core for SAC,
+    the rest for the server."""
+    cores = sorted(allowed)
+    if len(cores) < 2:
+        raise ValueError(f"--pin-cores needs at least 2 allowed cores, this process has {cores}")
+    return cores[0], cores[1:]
 
 
 def wait_for_discriminator(client: RewardClient, round_s: float = 300.0) -> dict[str, int]:

@@ -159,6 +159,10 @@ class TrainArgs:
     """Initial weights: Tianshou's (PyTorch defaults) or the reference's rlkit (small heads)."""
     policy_reg: float = 0.0
     """rlkit's actor-loss term: this x (mean mu^2 + mean log sigma^2); the reference: 1e-3."""
+    pin_cores: bool = False
+    """Pin train to its first allowed core and the local server to the others (Linux): SAC
+    then never waits for a core the server's threads hold. Faster when the server's work fits
+    in the other cores (a bf16 server at 1 disc update per 4 env steps), slower when not."""
     server_args: Annotated[
         tuple[str, ...], tyro.conf.arg(name="server-arg"), tyro.conf.UseAppendAction
     ] = ()

@@ -46,13 +46,14 @@ import torch
 from agents.bc import train_bc
 from agents.checkpoints import sac_checkpoint_store
 from agents.evaluation import expert_return
-from agents.local_server import start_local_server
+from agents.local_server import split_cores, start_local_server
 from agents.loop import train_sac
 from agents.recipes import TrainArgs, parse_train_args, policy_sees_normalized_obs
 from agents.run_files import write_json
 from sd2ail_reward.checkpoint import Checkpoint, CheckpointError
 from sd2ail_reward.client import RewardClient
 from sd2ail_reward.demos import read_demos
+from sd2ail_reward.serve_cli import pin_to_cores
 
 log = logging.getLogger("sd2ail.train")
 
@@ -94,7 +95,8 @@ def train(args: TrainArgs) -> dict[str, float]:
         return train_sac(args, run_dir, None, expert, demos, checkpoint)
 
     paired = checkpoint.meta.get("server_generation", "") if checkpoint is not None else ""
-    server = None if args.server else start_local_server(args, run_dir, str(paired))
+    server_cores = pin_train_to_one_core() if args.pin_cores and not args.server else []
+    server = None if args.server else start_local_server(args, run_dir, str(paired), server_cores)
     address = args.server or (server.address if server else "")
     token = args.token if args.server else (server.token if server else None)
     client = RewardClient(address, token=token, timeout_s=60.0)
@@ -186,6 +188,15 @@ def latest_sac_checkpoint(run_dir: Path) -> Checkpoint | None:
     except CheckpointError as err:
         log.info("no SAC checkpoint to resume from (%s): starting from step 0", err)
         return None
+
+
+def pin_train_to_one_core() -> list[int]:
+    """`--pin-cores`: this process onto its first allowed core; the other cores, for the
+    server. Called before the loop starts its threads (prefetch, logging), which inherit it."""
+    train_core, server_cores = split_cores(sorted(os.sched_getaffinity(0)))
+    pin_to_cores([train_core])
+    log.info("pinned train to core %d, the reward server to %s", train_core, server_cores)
+    return server_cores
 
 
 def main(argv: Sequence[str] | None = None) -> int:

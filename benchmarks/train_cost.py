@@ -190,6 +190,7 @@ def run_train(
     server_threads: int,
     compute_dtype: str,
     run_dir: Path,
+    pin_cores: bool = False,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "sd2ail_reward.cli", "train", *HOPPER, "--algo", algo,
@@ -198,6 +199,7 @@ def run_train(
         f"--server-arg=--updates-per-transition={ratio}",
         f"--server-arg=--torch-threads={server_threads}",
         f"--server-arg=--compute-dtype={compute_dtype}",
+        *(["--pin-cores"] if pin_cores else []),
     ]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=7200)
     return dict(json.loads((run_dir / "timings.json").read_text()))
@@ -224,6 +226,7 @@ def row_of(
         "ratio": ratio,
         "server_threads": server_threads,
         "compute_dtype": compute_dtype,
+        "pin_cores": bool(getattr(args, "pin_cores", False)),
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
         **{f"{p}_ms": round(v, 2) for p, v in server.items()},
         "measured_ms_per_step": round(measured, 2),
@@ -246,6 +249,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     labels = [
         f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr"
         + ("\nbf16" if r.get("compute_dtype") == "bfloat16" else "")
+        + ("\npinned" if r.get("pin_cores") else "")
         for r in rows
     ]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -274,7 +278,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['compute_dtype']} "
+            f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['compute_dtype']}"
+            f"{', pinned' if r.get('pin_cores') else ''} "
             f"| {r['collect_ms']} "
             f"| {r['sac_update_ms']} | "
             f"{r['relabel_wait_ms']} | {r['sync_wait_ms']} | {r['measured_ms_per_step']} | "
@@ -307,6 +312,11 @@ def main() -> None:
         default=["float32"],
         help="the server's forward dtype (each a variant, its bare arithmetic in the same dtype)",
     )
+    parser.add_argument(
+        "--pin-cores",
+        action="store_true",
+        help="train --pin-cores: SAC on one core, the local server on the others",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -322,7 +332,14 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as tmp:
                         run_dir = Path(tmp) / "r"
                         timings = run_train(
-                            algo, ratio, args.steps, args.start_steps, threads, dtype, run_dir
+                            algo,
+                            ratio,
+                            args.steps,
+                            args.start_steps,
+                            threads,
+                            dtype,
+                            run_dir,
+                            args.pin_cores,
                         )
                     rows.append(row_of(algo, ratio, threads, dtype, timings, bare, args))
                     print(rows[-1], flush=True)

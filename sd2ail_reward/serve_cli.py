@@ -76,6 +76,8 @@ class ServeArgs:
     """Keep every n-th (s, a) pair of each demo episode (GAIL's protocol: 20)."""
     torch_threads: int = 0
     """Torch intra-op threads; 0: half the cores, 1 to 4 (oversubscribed OpenMP is slow)."""
+    cpus: tuple[int, ...] | None = None
+    """Pin the server to these CPU cores (Linux), before it starts any thread (None: any)."""
     learner: tyro.conf.OmitArgPrefixes[LearnerFlags] = field(default_factory=LearnerFlags)
     server: tyro.conf.OmitArgPrefixes[ServeOptions] = field(default_factory=ServeOptions)
 
@@ -130,6 +132,12 @@ def run_serve(argv: Sequence[str]) -> int:
     from sd2ail_reward.server import LearnerSpec, TokenFileError, serve
 
     args = parse_serve_args(argv)
+    if args.cpus is not None:
+        try:
+            pin_to_cores(args.cpus)
+        except (ValueError, OSError) as err:
+            print(f"sd2ail-reward serve: error: --cpus: {err}", file=sys.stderr, flush=True)
+            return 2
     torch.set_num_threads(args.torch_threads or auto_torch_threads())
     try:
         env_id = read_demos_env(args.demos, read_demos)
@@ -150,6 +158,15 @@ def run_serve(argv: Sequence[str]) -> int:
     except (ValueError, FileNotFoundError, TokenFileError, OSError) as err:
         print(f"sd2ail-reward serve: error: {err}", file=sys.stderr, flush=True)
         return 2
+
+
+def pin_to_cores(cores: Sequence[int]) -> None:
+    """Pin the calling thread, and so every thread it starts from now on, to `cores`."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise OSError("CPU pinning needs Linux (os.sched_setaffinity)")
+    if not cores:
+        raise ValueError("no cores given")
+    os.sched_setaffinity(0, set(cores))
 
 
 def auto_torch_threads() -> int:

@@ -6,6 +6,8 @@ import ast
 import dataclasses
 import functools
 import inspect
+import subprocess
+import sys
 import textwrap
 import typing
 from collections.abc import Callable, Sequence
@@ -91,6 +93,7 @@ TRAIN_FLAGS = {
     "steps": ["--steps", "5"], "seed": ["--seed", "3"], "server": ["--server", "h:1"],
     "token": ["--token", "t"], "run_dir": ["--run-dir", "r"], "resume": ["--resume"],
     "relabel": ["--no-relabel"], "relabel_prefetch": ["--no-relabel-prefetch"],
+    "pin_cores": ["--pin-cores"],
     "overlap": ["--no-overlap"], "reward": ["--reward", "env"],
     "eval_every": ["--eval-every", "7"], "eval_episodes": ["--eval-episodes", "2"],
     "target_return": ["--target-return", "1"], "start_steps": ["--start-steps", "9"],
@@ -165,6 +168,38 @@ def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
 
     assert config() == "float32"
     assert config("--compute-dtype", "bfloat16") == "bfloat16"
+
+
+def test_pin_cores_splits_the_allowed_cores_and_the_server_gets_the_rest(tmp_path: Path) -> None:
+    from agents.local_server import local_serve_args, split_cores
+    from agents.recipes import parse_train_args
+
+    assert split_cores([3, 1, 2]) == (1, [2, 3])
+    with pytest.raises(ValueError, match="at least 2"):
+        split_cores([0])
+    args = parse_train_args(["--pin-cores", "--server-arg=--hidden-dim=8"])
+    serve = local_serve_args(args, tmp_path, "", [1, 2])
+    assert serve[serve.index("--cpus") :] == ["--cpus", "1", "2", "--hidden-dim=8"]
+    assert "--cpus" not in local_serve_args(args, tmp_path)
+    assert parse_serve_args(serve[:-1]).cpus == (1, 2)
+
+
+def test_serve_pins_itself_before_it_starts(tmp_path: Path) -> None:
+    """`serve --cpus` pins the process (checked in a child, so the test process stays free);
+    an unusable core set is a clear error, exit 2."""
+    import os
+
+    code = (
+        "import os, sys; from sd2ail_reward.serve_cli import pin_to_cores; "
+        "pin_to_cores([min(os.sched_getaffinity(0))]); print(sorted(os.sched_getaffinity(0)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str([min(os.sched_getaffinity(0))])
+    bad = subprocess.run(
+        [sys.executable, "-m", "sd2ail_reward.cli", "serve", "--demos", "d.zarr", "--cpus", "999"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--cpus" in bad.stderr
 
 
 def test_normalize_obs_flag_overrides_the_preset_either_way() -> None:
