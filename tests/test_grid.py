@@ -71,7 +71,10 @@ def test_a_bf16_server_run_is_a_configuration_of_its_own() -> None:
 
     (bf16,) = grid.hopper_cost()
     fp32 = grid.hopper_expert_recipe()[0]
-    assert set(bf16.args) - set(fp32.args) == {"--server-arg=--compute-dtype=bfloat16"}
+    assert set(bf16.args) - set(fp32.args) == {
+        "--server-arg=--compute-dtype=bfloat16",
+        "--pin-cores",
+    }
     config = {"server_args": [a.split("=", 1)[1] for a in bf16.args if "--server-arg" in a]}
     assert extra_terms(config) == "server bf16"
     assert extra_terms({"server_args": ["--updates-per-transition=0.25"]}) == "none"
