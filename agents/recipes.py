@@ -3,6 +3,7 @@ sets of SAC settings) that single flags override."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,9 @@ class TrainArgs:
     """Pin train to its first allowed core and the local server to the others (Linux): SAC
     then never waits for a core the server's threads hold. Faster when the server's work fits
     in the other cores (a bf16 server at 1 disc update per 4 env steps), slower when not."""
+    sac_threads: int = 1
+    """torch threads of train's process (SAC's update): 1 leaves the other cores to the local
+    server; 2 lets SAC's update use a core the server leaves idle (benchmarks/thread_scaling.py)."""
     server_args: Annotated[
         tuple[str, ...], tyro.conf.arg(name="server-arg"), tyro.conf.UseAppendAction
     ] = ()
@@ -184,9 +188,13 @@ def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
     values, which tyro needs before it parses: a first pass reads which recipe it is."""
     prog, description = "sd2ail-reward train", "SAC through the one training loop."
     chosen = parse(TrainArgs, argv, prog=prog, description=description).sac_recipe
-    return parse(
+    args = parse(
         TrainArgs, argv, prog=prog, description=description, default=recipe_defaults(chosen)
     )
+    if args.sac_threads < 1:
+        print(f"error: --sac-threads must be >= 1, got {args.sac_threads}", file=sys.stderr)
+        raise SystemExit(2)
+    return args
 
 
 RECIPE_FIELDS = ("lr", "adam_beta1", "alpha", "fixed_length")

@@ -74,6 +74,7 @@ def train(args: TrainArgs) -> dict[str, float]:
         args = resumed_args(args)
     # config.json records what ran: the recipe's choice for this env, not "auto"
     args = replace(args, normalize_obs=policy_sees_normalized_obs(args))
+    torch.set_num_threads(args.sac_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", asdict(args))
     torch.manual_seed(args.seed)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -191,6 +192,7 @@ def run_train(
     compute_dtype: str,
     run_dir: Path,
     pin_cores: bool = False,
+    sac_threads: int = 1,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "sd2ail_reward.cli", "train", *HOPPER, "--algo", algo,
@@ -200,6 +202,7 @@ def run_train(
         f"--server-arg=--torch-threads={server_threads}",
         f"--server-arg=--compute-dtype={compute_dtype}",
         *(["--pin-cores"] if pin_cores else []),
+        "--sac-threads", str(sac_threads),
     ]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=7200)
     return dict(json.loads((run_dir / "timings.json").read_text()))
@@ -213,6 +216,7 @@ def row_of(
     timings: dict[str, Any],
     bare: dict[str, float],
     args: Any,
+    sac_threads: int = 1,
 ) -> dict[str, Any]:
     trained = args.steps - args.start_steps
     per_step = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in LOOP_PARTS}
@@ -225,6 +229,7 @@ def row_of(
         "algo": algo,
         "ratio": ratio,
         "server_threads": server_threads,
+        "sac_threads": sac_threads,
         "compute_dtype": compute_dtype,
         "pin_cores": bool(getattr(args, "pin_cores", False)),
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
@@ -248,6 +253,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     labels = [
         f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr"
+        + (f"\nSAC {r['sac_threads']} thr" if r.get("sac_threads", 1) != 1 else "")
         + ("\nbf16" if r.get("compute_dtype") == "bfloat16" else "")
         + ("\npinned" if r.get("pin_cores") else "")
         for r in rows
@@ -268,6 +274,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def sac_threads_note(row: dict[str, Any]) -> str:
+    threads = int(row.get("sac_threads", 1))
+    return f", SAC {threads} threads" if threads != 1 else ""
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| algo | disc:SAC | server threads | server dtype | collect | SAC update | relabel wait "
@@ -279,7 +290,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['compute_dtype']}"
-            f"{', pinned' if r.get('pin_cores') else ''} "
+            f"{', pinned' if r.get('pin_cores') else ''}"
+            f"{sac_threads_note(r)} "
             f"| {r['collect_ms']} "
             f"| {r['sac_update_ms']} | "
             f"{r['relabel_wait_ms']} | {r['sync_wait_ms']} | {r['measured_ms_per_step']} | "
@@ -317,6 +329,13 @@ def main() -> None:
         action="store_true",
         help="train --pin-cores: SAC on one core, the local server on the others",
     )
+    parser.add_argument(
+        "--sac-threads",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="train --sac-threads: torch threads of SAC's update (each a variant)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -328,7 +347,9 @@ def main() -> None:
             reward_ms, disc_ms, gen_ms = learner_costs(algo, dtype)
             bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
             for ratio in args.ratios:
-                for threads in args.server_threads:
+                for threads, sac_threads in itertools.product(
+                    args.server_threads, args.sac_threads
+                ):
                     with tempfile.TemporaryDirectory() as tmp:
                         run_dir = Path(tmp) / "r"
                         timings = run_train(
@@ -340,9 +361,11 @@ def main() -> None:
                             dtype,
                             run_dir,
                             args.pin_cores,
+                            sac_threads,
                         )
-                    rows.append(row_of(algo, ratio, threads, dtype, timings, bare, args))
-                    print(rows[-1], flush=True)
+                    row = row_of(algo, ratio, threads, dtype, timings, bare, args, sac_threads)
+                    rows.append(row)
+                    print(row, flush=True)
     alone_ms, together_ms, speedup = two_core_speedup()
     print(f"plain SAC update: {alone_ms:.2f} ms alone, {together_ms:.2f} ms each in two "
           f"processes at once: two-core speedup {speedup:.2f}", flush=True)  # fmt: skip

@@ -93,7 +93,7 @@ TRAIN_FLAGS = {
     "steps": ["--steps", "5"], "seed": ["--seed", "3"], "server": ["--server", "h:1"],
     "token": ["--token", "t"], "run_dir": ["--run-dir", "r"], "resume": ["--resume"],
     "relabel": ["--no-relabel"], "relabel_prefetch": ["--no-relabel-prefetch"],
-    "pin_cores": ["--pin-cores"],
+    "pin_cores": ["--pin-cores"], "sac_threads": ["--sac-threads", "2"],
     "overlap": ["--no-overlap"], "reward": ["--reward", "env"],
     "eval_every": ["--eval-every", "7"], "eval_episodes": ["--eval-episodes", "2"],
     "target_return": ["--target-return", "1"], "start_steps": ["--start-steps", "9"],
@@ -182,6 +182,18 @@ def test_pin_cores_splits_the_allowed_cores_and_the_server_gets_the_rest(tmp_pat
     assert serve[serve.index("--cpus") :] == ["--cpus", "1", "2", "--hidden-dim=8"]
     assert "--cpus" not in local_serve_args(args, tmp_path)
     assert parse_serve_args(serve[:-1]).cpus == (1, 2)
+
+
+def test_sac_threads_sets_train_torch_threads_and_refuses_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agents.recipes import parse_train_args
+
+    assert parse_train_args(["--sac-threads", "2"]).sac_threads == 2
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(["--sac-threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--sac-threads must be >= 1" in capsys.readouterr().err
 
 
 def test_serve_pins_itself_before_it_starts(tmp_path: Path) -> None:
