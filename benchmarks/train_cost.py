@@ -217,6 +217,7 @@ def row_of(
     bare: dict[str, float],
     args: Any,
     sac_threads: int = 1,
+    pinned: bool = False,
 ) -> dict[str, Any]:
     trained = args.steps - args.start_steps
     per_step = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in LOOP_PARTS}
@@ -231,7 +232,7 @@ def row_of(
         "server_threads": server_threads,
         "sac_threads": sac_threads,
         "compute_dtype": compute_dtype,
-        "pin_cores": bool(getattr(args, "pin_cores", False)),
+        "pin_cores": pinned,
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
         **{f"{p}_ms": round(v, 2) for p, v in server.items()},
         "measured_ms_per_step": round(measured, 2),
@@ -330,6 +331,13 @@ def main() -> None:
         help="train --pin-cores: SAC on one core, the local server on the others",
     )
     parser.add_argument(
+        "--pinning",
+        nargs="+",
+        choices=["unpinned", "pinned"],
+        default=["unpinned"],
+        help="each a variant, interleaved in this run (--pin-cores: pinned only)",
+    )
+    parser.add_argument(
         "--sac-threads",
         nargs="+",
         type=int,
@@ -338,6 +346,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
+    pinnings = ["pinned"] if args.pin_cores else args.pinning
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
     sac_ms = median_ms(plain_sac_update(256))
@@ -347,8 +356,8 @@ def main() -> None:
             reward_ms, disc_ms, gen_ms = learner_costs(algo, dtype)
             bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
             for ratio in args.ratios:
-                for threads, sac_threads in itertools.product(
-                    args.server_threads, args.sac_threads
+                for threads, sac_threads, pinning in itertools.product(
+                    args.server_threads, args.sac_threads, pinnings
                 ):
                     with tempfile.TemporaryDirectory() as tmp:
                         run_dir = Path(tmp) / "r"
@@ -360,10 +369,13 @@ def main() -> None:
                             threads,
                             dtype,
                             run_dir,
-                            args.pin_cores,
+                            pinning == "pinned",
                             sac_threads,
                         )
-                    row = row_of(algo, ratio, threads, dtype, timings, bare, args, sac_threads)
+                    row = row_of(
+                        algo, ratio, threads, dtype, timings, bare, args, sac_threads,
+                        pinning == "pinned",
+                    )  # fmt: skip
                     rows.append(row)
                     print(row, flush=True)
     alone_ms, together_ms, speedup = two_core_speedup()
