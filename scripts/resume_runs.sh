@@ -4,9 +4,10 @@
 # Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
 # DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
 # same recipe), the reference-recipe checks and the reference-recipe evidence; lane 2 the bf16
-# server's learning-curve check (issue "Training cost"), a first SD2AIL run on each new task
-# whose demo store is committed, the Pendulum ablation, the new tasks' experts (recorded and
-# verified as each finishes), then the Pendulum CI calibration. A run
+# server's learning-curve check (issue "Training cost"), the new tasks' experts (recorded and
+# verified as each finishes: their stores gate the new tasks' runs), a first SD2AIL run on
+# each new task whose demo store is committed, the Pendulum ablation, then the Pendulum CI
+# calibration. A run
 # locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
 # ~/sd2ail-runs/grid); the log goes beside them.
 #
@@ -36,5 +37,5 @@ lane() {
      echo "grid lane started (pid $!): $*")
 }
 lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence
-lane hopper-expert-recipe hopper-cost new-tasks pendulum-ablation experts pendulum-ci
+lane hopper-expert-recipe hopper-cost experts new-tasks pendulum-ablation pendulum-ci
 echo "log: $root/../grid.log"
