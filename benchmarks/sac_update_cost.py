@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import csv
 import io
 import os
-import platform
 import pstats
 import sys
 from collections.abc import Callable
@@ -36,7 +34,12 @@ sys.path.insert(0, str(REPO))
 from agents.networks import box_spaces  # noqa: E402
 from agents.recipes import TrainArgs  # noqa: E402
 from agents.sac import make_sac  # noqa: E402
-from benchmarks.train_cost import median_ms, plain_sac_update  # noqa: E402
+from benchmarks.train_cost import (  # noqa: E402
+    median_ms,
+    plain_sac_update,
+    run_meta,
+    write_rows,
+)
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -92,18 +95,8 @@ def main() -> None:
         row["ratio"] = round(measured["tianshou"] / measured["plain"], 3)
         rows.append(row)
         print(row, flush=True)
-    meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg_start_end": f"{load_start:.1f}/{os.getloadavg()[0]:.1f}",
-        "command": " ".join(sys.argv),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], *meta])
-        writer.writeheader()
-        writer.writerows({**r, **meta} for r in rows)
+    meta = run_meta(load_start)
+    write_rows(args.out, rows, meta)
     tianshou = float(np.median([float(str(r["tianshou_ms"])) for r in rows]))
     plain = float(np.median([float(str(r["plain_ms"])) for r in rows]))
     ratio = float(np.median([float(str(r["ratio"])) for r in rows]))

@@ -20,10 +20,8 @@ Meaningful only with the machine quiet: a busy second core makes every speedup ~
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +35,12 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.disc_update_cost import bare_generation, bare_step  # noqa: E402
 from benchmarks.sac_update_cost import tianshou_sac_update  # noqa: E402
-from benchmarks.train_cost import median_ms, plain_sac_update  # noqa: E402
+from benchmarks.train_cost import (  # noqa: E402
+    median_ms,
+    plain_sac_update,
+    run_meta,
+    write_rows,
+)
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -93,18 +96,8 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     torch.set_num_threads(1)
-    meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg_start_end": f"{load_start:.1f}/{os.getloadavg()[0]:.1f}",
-        "command": " ".join(sys.argv),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], *meta])
-        writer.writeheader()
-        writer.writerows({**r, **meta} for r in rows)
+    meta = run_meta(load_start)
+    write_rows(args.out, rows, meta)
     print("| unit | 1 thread (ms) | 2 threads (ms) | speedup, median of rounds (range) |")
     print("|---|---:|---:|---:|")
     for name in units:

@@ -66,6 +66,27 @@ def median_ms(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> f
     return 1e3 * float(np.median(times))
 
 
+def run_meta(load_start: float, **measured: object) -> dict[str, object]:
+    """What made a benchmark's rows: machine, versions, load at start/end and the command."""
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        **measured,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_avg_start_end": f"{load_start:.1f}/{os.getloadavg()[0]:.1f}",
+        "command": " ".join(sys.argv),
+    }
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], meta: dict[str, object]) -> None:
+    """`rows` as CSV, every row carrying `meta`'s columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], *meta])
+        writer.writeheader()
+        writer.writerows({**r, **meta} for r in rows)
+
+
 def plain_sac_update(batch_size: int) -> Callable[[], None]:
     """One SAC update of `train`'s networks in plain torch: twin critics on the soft target,
     the actor on min Q minus the entropy term, alpha on its target, Polyak averaging."""
@@ -381,20 +402,13 @@ def main() -> None:
     alone_ms, together_ms, speedup = two_core_speedup()
     print(f"plain SAC update: {alone_ms:.2f} ms alone, {together_ms:.2f} ms each in two "
           f"processes at once: two-core speedup {speedup:.2f}", flush=True)  # fmt: skip
-    meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "sac_update_alone_ms": round(alone_ms, 2),
-        "sac_update_two_processes_ms": round(together_ms, 2),
-        "two_core_speedup": round(speedup, 3),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg_start_end": f"{load_start:.1f}/{os.getloadavg()[0]:.1f}",
-        "command": " ".join(sys.argv),
-    }
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], *meta])
-        writer.writeheader()
-        writer.writerows({**r, **meta} for r in rows)
+    meta = run_meta(
+        load_start,
+        sac_update_alone_ms=round(alone_ms, 2),
+        sac_update_two_processes_ms=round(together_ms, 2),
+        two_core_speedup=round(speedup, 3),
+    )
+    write_rows(args.out, rows, meta)
     plot(rows, args.out.with_suffix(".png"))
     print(markdown(rows))
     print(meta)
