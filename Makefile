@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed
 # cloning term) with the `expert` SAC recipe (terminating episodes, lr 1e-3, beta1 0.9,
 # alpha 1.0, raw obs: the one recipe that reaches ~2500 on Hopper's true reward in 100k steps
 # here), 200k env steps with one discriminator update per 4 env steps (the paper's 1:1 costs
-# ~3.5x the wall time here), evaluated every 5k steps on the true return. Seeds 0 and 1 of
-# exactly this command reached the expert (final 3149 and 3166; expert 3162;
+# ~3.5x the wall time here), evaluated every 5k steps on the true return. Seeds 0, 1 and 2 of
+# exactly this command reached the expert (final 3149, 3166 and 3163; expert 3162;
 # benchmarks/results/runs.csv). About 2 h on a 2-core CPU; resumable with
 # `.venv/bin/sd2ail-reward train --resume --run-dir runs/sd2ail-Hopper-v5-seed0`.
 # A quick look instead (Pendulum-v1, ~15 min): make run RUN_ARGS="--env Pendulum-v1
