@@ -240,10 +240,11 @@ def hopper_ablation() -> list[GridRun]:
     it): the full-trajectory protocol's GAIL (3 seeds), DiffAIL's third seed and BC (3 seeds)
     beside hopper-expert-recipe's SD2AIL and DiffAIL runs (the same recipe, budget and ratio,
     not run twice), and GAIL's subsampled protocol (every 20th pair of the trajectory: 50
-    pairs) for SD2AIL, DiffAIL and BC."""
+    pairs) for SD2AIL, DiffAIL and BC. The subsampled seed 0 pair runs first: BC matches the
+    expert from the full trajectory, so that protocol is where imitation can beat it."""
     imitation = [
-        ("gail", 0, 1), ("gail", 1, 1), ("gail", 2, 1), ("diffail", 2, 1),
-        ("sd2ail", 0, 20), ("diffail", 0, 20), ("sd2ail", 1, 20), ("diffail", 1, 20),
+        ("sd2ail", 0, 20), ("diffail", 0, 20), ("gail", 0, 1), ("diffail", 2, 1),
+        ("sd2ail", 1, 20), ("diffail", 1, 20), ("gail", 1, 1), ("gail", 2, 1),
     ]  # fmt: skip
     runs = [
         GridRun(
