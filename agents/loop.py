@@ -30,6 +30,7 @@ from agents.checkpoints import (
 from agents.diagnostics import training_diagnostics
 from agents.evaluation import evaluate, make_eval_envs, mean_travelled, write_learning_curve
 from agents.local_server import wait_for_discriminator
+from agents.mixed_precision import bf16_trunks
 from agents.networks import box_spaces, policy_obs_stats
 from agents.recipes import TrainArgs, training_env_kwargs
 from agents.run_files import (
@@ -213,7 +214,10 @@ class SacTraining:
             self.wait_for_discriminator()
         relabel_before = self.stopwatch.seconds.get("relabel_wait", 0.0)
         start = time.perf_counter()
-        with policy_within_training_step(self.algorithm.policy):
+        with (
+            policy_within_training_step(self.algorithm.policy),
+            bf16_trunks(self.algorithm, self.args.sac_dtype == "bfloat16"),
+        ):
             for _ in range(n):
                 self.sac_stats = cast(
                     SACTrainingStats,

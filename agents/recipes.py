@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import gymnasium as gym
 import tyro
 
+from sd2ail_reward.discriminator import cpu_bf16_supported
 from sd2ail_reward.flags import parse
 
 TrainAlgo = Literal["sd2ail", "diffail", "pedr_only", "pseudo_only", "gail", "bc"]
@@ -167,6 +168,10 @@ class TrainArgs:
     sac_threads: int = 1
     """torch threads of train's process (SAC's update): 1 leaves the other cores to the local
     server; 2 lets SAC's update use a core the server leaves idle (benchmarks/thread_scaling.py)."""
+    sac_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Arithmetic of SAC's hidden layers in its update: bfloat16 autocasts the actor's and
+    critics' trunks (heads, losses, targets and Adam stay float32; `agents/mixed_precision.py`),
+    ~1.6x less arithmetic here; refused on CPUs without native bf16."""
     server_args: Annotated[
         tuple[str, ...], tyro.conf.arg(name="server-arg"), tyro.conf.UseAppendAction
     ] = ()
@@ -193,6 +198,12 @@ def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
     )
     if args.sac_threads < 1:
         print(f"error: --sac-threads must be >= 1, got {args.sac_threads}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.sac_dtype == "bfloat16" and not cpu_bf16_supported():
+        print(
+            "error: --sac-dtype bfloat16 needs a CPU with native bf16 (AVX512-BF16 or AMX)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return args
 

@@ -188,9 +188,23 @@ def hopper_cost() -> list[GridRun]:
     (autocast) and train pinned to one core, the server to the other (14.4 against 25.3 ms
     per env step in float32, unpinned), seed 0, beside hopper-expert-recipe's float32 seed 0:
     this becomes `make run`'s setting only if its learning curve is no worse."""
-    base = hopper_expert_recipe()[0]
+    base, base_seed1 = hopper_expert_recipe()[:2]
     args = (*base.args, "--server-arg=--compute-dtype=bfloat16", "--pin-cores")
-    return [GridRun("hopper-sd2ail-1demo-expertrecipe-bf16-seed0", args, base.steps)]
+    # then SAC's trunks in bf16 too (`train --sac-dtype bfloat16`, unpinned as `make run` is
+    # now; seeds 0 and 1 beside float32's): ~1.6x less SAC arithmetic, SAC's update being
+    # the critical path at 1:4
+    sac_bf16 = ("--server-arg=--compute-dtype=bfloat16", "--sac-dtype", "bfloat16")
+    return [
+        GridRun("hopper-sd2ail-1demo-expertrecipe-bf16-seed0", args, base.steps),
+        *(
+            GridRun(
+                f"hopper-sd2ail-1demo-expertrecipe-bf16-sacbf16-seed{seed}",
+                (*run.args, *sac_bf16),
+                run.steps,
+            )
+            for seed, run in ((0, base), (1, base_seed1))
+        ),
+    ]
 
 
 def sd2ail_run(name: str, num_demos: int, ratio: str, *extra: str) -> GridRun:

@@ -108,6 +108,8 @@ def extra_terms(config: dict[str, Any]) -> str:
     server_args = config.get("server_args") or ()
     if "--compute-dtype=bfloat16" in server_args:
         terms.append("server bf16")  # not the paper's arithmetic: a configuration of its own
+    if config.get("sac_dtype") == "bfloat16":
+        terms.append("SAC bf16")
     for flag, term in (
         ("--normalize-obs", "disc obs normalised"),
         ("--no-normalize-obs", "disc obs raw"),

@@ -87,7 +87,7 @@ def write_rows(path: Path, rows: list[dict[str, Any]], meta: dict[str, object]) 
         writer.writerows({**r, **meta} for r in rows)
 
 
-def plain_sac_update(batch_size: int) -> Callable[[], None]:
+def plain_sac_update(batch_size: int, dtype: str = "float32") -> Callable[[], None]:
     """One SAC update of `train`'s networks in plain torch: twin critics on the soft target,
     the actor on min Q minus the entropy term, alpha on its target, Polyak averaging."""
     args = TrainArgs(env="Hopper-v5")
@@ -137,7 +137,14 @@ def plain_sac_update(batch_size: int) -> Callable[[], None]:
                 for p_t, p in zip(target_net.parameters(), net.parameters(), strict=True):
                     p_t.mul_(0.995).add_(p, alpha=0.005)
 
-    return update
+    if dtype == "float32":
+        return update
+
+    def update_bf16() -> None:  # `train --sac-dtype bfloat16` autocasts the trunks only; the
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # heads are ~1% of the arithmetic
+            update()
+
+    return update_bf16
 
 
 def _timed_updates(start: Any, results: Any, repeats: int) -> None:
@@ -214,6 +221,7 @@ def run_train(
     run_dir: Path,
     pin_cores: bool = False,
     sac_threads: int = 1,
+    sac_dtype: str = "float32",
 ) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "sd2ail_reward.cli", "train", *HOPPER, "--algo", algo,
@@ -223,7 +231,7 @@ def run_train(
         f"--server-arg=--torch-threads={server_threads}",
         f"--server-arg=--compute-dtype={compute_dtype}",
         *(["--pin-cores"] if pin_cores else []),
-        "--sac-threads", str(sac_threads),
+        "--sac-threads", str(sac_threads), "--sac-dtype", sac_dtype,
     ]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=7200)
     return dict(json.loads((run_dir / "timings.json").read_text()))
@@ -239,6 +247,7 @@ def row_of(
     args: Any,
     sac_threads: int = 1,
     pinned: bool = False,
+    sac_dtype: str = "float32",
 ) -> dict[str, Any]:
     trained = args.steps - args.start_steps
     per_step = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in LOOP_PARTS}
@@ -246,18 +255,21 @@ def row_of(
     per_step["collect"] = 1e3 * float(timings.get("collect_s", 0.0)) / args.steps
     server = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in SERVER_PARTS}
     measured = sum(per_step.values())
-    bound = (bare["sac"] + bare["reward"] + ratio * (bare["disc"] + bare["gen"])) / args.cores
+    bound = (
+        bare[f"sac_{sac_dtype}"] + bare["reward"] + ratio * (bare["disc"] + bare["gen"])
+    ) / args.cores
     return {
         "algo": algo,
         "ratio": ratio,
         "server_threads": server_threads,
         "sac_threads": sac_threads,
+        "sac_dtype": sac_dtype,
         "compute_dtype": compute_dtype,
         "pin_cores": pinned,
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
         **{f"{p}_ms": round(v, 2) for p, v in server.items()},
         "measured_ms_per_step": round(measured, 2),
-        "bare_sac_ms": round(bare["sac"], 2),
+        "bare_sac_ms": round(bare[f"sac_{sac_dtype}"], 2),
         "bare_reward_ms": round(bare["reward"], 2),
         "bare_disc_update_ms": round(bare["disc"], 2),
         "bare_generation_ms": round(bare["gen"], 2),
@@ -276,6 +288,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     labels = [
         f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr"
         + (f"\nSAC {r['sac_threads']} thr" if r.get("sac_threads", 1) != 1 else "")
+        + ("\nSAC bf16" if r.get("sac_dtype") == "bfloat16" else "")
         + ("\nbf16" if r.get("compute_dtype") == "bfloat16" else "")
         + ("\npinned" if r.get("pin_cores") else "")
         for r in rows
@@ -298,7 +311,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def sac_threads_note(row: dict[str, Any]) -> str:
     threads = int(row.get("sac_threads", 1))
-    return f", SAC {threads} threads" if threads != 1 else ""
+    return (f", SAC {threads} threads" if threads != 1 else "") + (
+        ", SAC bf16" if row.get("sac_dtype") == "bfloat16" else ""
+    )
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -365,20 +380,27 @@ def main() -> None:
         default=[1],
         help="train --sac-threads: torch threads of SAC's update (each a variant)",
     )
+    parser.add_argument(
+        "--sac-dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32"],
+        help="train --sac-dtype: SAC's trunks' arithmetic (each a variant, bare SAC alike)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
     pinnings = ["pinned"] if args.pin_cores else args.pinning
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
-    sac_ms = median_ms(plain_sac_update(256))
+    sac_ms = {f"sac_{d}": median_ms(plain_sac_update(256, d)) for d in args.sac_dtypes}
     rows = []
     for algo in args.algos:
         for dtype in args.compute_dtypes:
             reward_ms, disc_ms, gen_ms = learner_costs(algo, dtype)
-            bare = {"sac": sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
+            bare = {**sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
             for ratio in args.ratios:
-                for threads, sac_threads, pinning in itertools.product(
-                    args.server_threads, args.sac_threads, pinnings
+                for threads, sac_threads, pinning, sac_dtype in itertools.product(
+                    args.server_threads, args.sac_threads, pinnings, args.sac_dtypes
                 ):
                     with tempfile.TemporaryDirectory() as tmp:
                         run_dir = Path(tmp) / "r"
@@ -392,10 +414,11 @@ def main() -> None:
                             run_dir,
                             pinning == "pinned",
                             sac_threads,
+                            sac_dtype,
                         )
                     row = row_of(
                         algo, ratio, threads, dtype, timings, bare, args, sac_threads,
-                        pinning == "pinned",
+                        pinning == "pinned", sac_dtype,
                     )  # fmt: skip
                     rows.append(row)
                     print(row, flush=True)

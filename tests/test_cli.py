@@ -94,6 +94,7 @@ TRAIN_FLAGS = {
     "token": ["--token", "t"], "run_dir": ["--run-dir", "r"], "resume": ["--resume"],
     "relabel": ["--no-relabel"], "relabel_prefetch": ["--no-relabel-prefetch"],
     "pin_cores": ["--pin-cores"], "sac_threads": ["--sac-threads", "2"],
+    "sac_dtype": ["--sac-dtype", "bfloat16"],
     "overlap": ["--no-overlap"], "reward": ["--reward", "env"],
     "eval_every": ["--eval-every", "7"], "eval_episodes": ["--eval-episodes", "2"],
     "target_return": ["--target-return", "1"], "start_steps": ["--start-steps", "9"],
@@ -114,8 +115,13 @@ TRAIN_FLAGS = {
 override (lr, beta1, alpha, fixed length), so it is checked apart."""
 
 
-def test_every_train_field_is_reachable_from_the_command_line() -> None:
+def test_every_train_field_is_reachable_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agents.recipes
     from agents.recipes import TrainArgs
+
+    monkeypatch.setattr(agents.recipes, "cpu_bf16_supported", lambda: True)  # --sac-dtype
 
     default = TrainArgs()
     assert set(TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainArgs)}

@@ -1,0 +1,192 @@
+"""`make run`'s wall time against an older commit's `make run`, side by side on one budget
+(issue "Training cost": halved against main before that work, 16cc029).
+
+    python benchmarks/make_run_cost.py --steps 20000             # ~25 min with the machine quiet
+
+Each commit gets a detached git worktree (removed afterwards unless --keep). Its `make run`
+command is read from ITS Makefile (`make -n run`, this checkout's venv as BIN, so only the
+code differs: PYTHONPATH points at the worktree, and the local reward server the run starts
+inherits it), `--steps`/`--no-progress` are appended, and the commits' runs start at the same
+moment in their own worktrees, so they share the machine as two users' runs would. Recorded per
+run: wall time to exit, env steps per second, and its evaluations (`metrics.csv`), so the
+budget's learning curves sit beside the times. A budget shorter than `make run`'s own is a
+timing, not a learning-curve comparison: the full curves are the grids' runs (runs.csv).
+
+Writes benchmarks/results/make_run_cost.csv and .png; prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.train_cost import run_meta, write_rows  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def make_run_command(tree: Path, bin_dir: Path) -> str:
+    """The shell command `make run` at `tree` would execute, with `bin_dir` as its venv."""
+    dry = subprocess.run(
+        ["make", "-s", "-n", "-C", str(tree), "-o", ".venv/.installed", "run", f"BIN={bin_dir}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    lines = [ln for ln in dry.splitlines() if "sd2ail-reward train" in ln]
+    if len(lines) != 1:
+        raise RuntimeError(f"expected one `sd2ail-reward train` line in make -n run:\n{dry}")
+    return lines[0]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--baseline", default="16cc029", help="main before the work (default: %(default)s)"
+    )
+    p.add_argument("--candidate", default="HEAD", help="the commit measured against it")
+    p.add_argument(
+        "--steps", type=int, default=20_000, help="env steps of each run, warm-up included"
+    )
+    p.add_argument("--extra", default="", help="arguments appended to both commands (smoke tests)")
+    p.add_argument("--keep", action="store_true", help="keep the worktrees and their runs")
+    p.add_argument("--out", type=Path, default=RESULTS / "make_run_cost.csv")
+    args = p.parse_args()
+    load_start = os.getloadavg()[0]
+    bin_dir = Path(sys.executable).parent
+    scratch = Path(tempfile.mkdtemp(prefix="make_run_cost-"))
+    runs: list[dict[str, object]] = []
+    try:
+        for label, rev in (("baseline", args.baseline), ("candidate", args.candidate)):
+            commit = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", rev],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            tree = scratch / label
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(tree), commit],
+                check=True,
+            )
+            command = make_run_command(tree, bin_dir)
+            command += f" --steps {args.steps} --no-progress {args.extra}".rstrip()
+            runs.append({"label": label, "commit": commit, "tree": tree, "command": command})
+        procs = []
+        for run in runs:
+            tree = Path(str(run["tree"]))
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            log = (tree / "make_run.log").open("w")
+            print(f"{run['label']} {run['commit']}: {run['command']}", flush=True)
+            run["start"] = time.perf_counter()
+            procs.append(
+                subprocess.Popen(
+                    ["bash", "-c", str(run["command"])],
+                    cwd=tree,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        pending = dict(enumerate(procs))
+        while pending:
+            for i, proc in list(pending.items()):
+                if proc.poll() is not None:
+                    runs[i]["wall_s"] = time.perf_counter() - float(str(runs[i]["start"]))
+                    runs[i]["returncode"] = proc.returncode
+                    del pending[i]
+            time.sleep(1.0)
+        rows = []
+        for run in runs:
+            tree = Path(str(run["tree"]))
+            if run["returncode"] != 0:
+                tail = (tree / "make_run.log").read_text()[-3000:]
+                raise RuntimeError(f"{run['label']} failed ({run['returncode']}):\n{tail}")
+            run_dirs = sorted((tree / "runs").iterdir())
+            evals = read_metrics(run_dirs[0])
+            wall = float(str(run["wall_s"]))
+            rows.append(
+                {
+                    "label": run["label"],
+                    "commit": run["commit"],
+                    "steps": args.steps,
+                    "wall_s": round(wall, 1),
+                    "env_steps_per_s": round(args.steps / wall, 2),
+                    "eval_steps": " ".join(e["env_step"] for e in evals),
+                    "eval_returns": " ".join(f"{float(e['eval_return_mean']):.0f}" for e in evals),
+                    "make_run_command": " ".join(
+                        str(run["command"]).replace(str(bin_dir), "$BIN").split()
+                    ),
+                }
+            )
+        speedup = float(str(rows[0]["wall_s"])) / float(str(rows[1]["wall_s"]))
+        for row in rows:
+            row["baseline_over_candidate"] = round(speedup, 3)
+        write_rows(args.out, rows, run_meta(load_start))
+        plot(rows, args.out.with_suffix(".png"))
+        print("| run | commit | wall (s) | env steps / s | evaluations (step: return) |")
+        print("|---|---|---:|---:|---|")
+        for row in rows:
+            evals_text = ", ".join(
+                f"{int(s) / 1000:g}k: {r}"
+                for s, r in zip(
+                    str(row["eval_steps"]).split(), str(row["eval_returns"]).split(), strict=True
+                )
+            )
+            print(
+                f"| {row['label']} | {row['commit']} | {row['wall_s']} | "
+                f"{row['env_steps_per_s']} | {evals_text} |"
+            )
+        print(f"baseline / candidate wall time: {speedup:.2f}x")
+    finally:
+        for run in runs:
+            if not args.keep:
+                subprocess.run(
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(run["tree"])],
+                    check=False,
+                )
+        if not args.keep:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = [f"{r['label']}\n{r['commit']}" for r in rows]
+    ax_t.bar(labels, [float(str(r["wall_s"])) for r in rows], color=["0.6", "C0"])
+    ax_t.set_ylabel("wall time (s)")
+    ax_t.set_title(f"make run, {rows[0]['steps']} env steps, side by side")
+    for r in rows:
+        steps = [int(s) for s in str(r["eval_steps"]).split()]
+        returns = [float(x) for x in str(r["eval_returns"]).split()]
+        ax_r.plot(steps, returns, marker="o", label=f"{r['label']} {r['commit']}")
+    ax_r.set_xlabel("env step")
+    ax_r.set_ylabel("true return (evaluation)")
+    ax_r.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
