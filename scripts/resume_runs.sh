@@ -2,8 +2,7 @@
 # Start of a session: resume every unfinished training run of the evidence grids, in the
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
-# DiffAIL from one demo: they decide `make run`) and the `hopper-cost` checks of cheaper
-# arithmetic (they decide `make run`'s settings); then lane 1 the Hopper ablation (with the
+# DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
 # same recipe), the reference-recipe checks and the reference-recipe evidence; lane 2 the bf16
 # server's learning-curve check (issue "Training cost"), the new tasks' experts (recorded and
 # verified as each finishes: their stores gate the new tasks' runs), a first SD2AIL run on
@@ -37,6 +36,6 @@ lane() {
         --parallel 1 >> "$root/../grid.log" 2>&1 &
      echo "grid lane started (pid $!): $*")
 }
-lane hopper-expert-recipe hopper-cost hopper-ablation hopper-recipe-check hopper-evidence
+lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence
 lane hopper-expert-recipe hopper-cost experts new-tasks pendulum-ablation pendulum-ci
 echo "log: $root/../grid.log"

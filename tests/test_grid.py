@@ -69,19 +69,12 @@ def test_runs_differing_in_a_recipe_setting_are_separate_configurations() -> Non
 def test_a_bf16_server_run_is_a_configuration_of_its_own() -> None:
     from benchmarks.runs_csv import extra_terms
 
-    bf16, sac_bf16, sac_bf16_seed1 = grid.hopper_cost()
+    (bf16,) = grid.hopper_cost()
     fp32 = grid.hopper_expert_recipe()[0]
     assert set(bf16.args) - set(fp32.args) == {
         "--server-arg=--compute-dtype=bfloat16",
         "--pin-cores",
     }
-    assert set(sac_bf16.args) - set(fp32.args) == {
-        "--server-arg=--compute-dtype=bfloat16",
-        "--sac-dtype",
-        "bfloat16",
-    }
-    seed_of = [run.args[run.args.index("--seed") + 1] for run in (sac_bf16, sac_bf16_seed1)]
-    assert seed_of == ["0", "1"]
     assert extra_terms({"sac_dtype": "bfloat16"}) == "SAC bf16"
     assert extra_terms({"sac_dtype": "float32"}) == "none"
     config = {"server_args": [a.split("=", 1)[1] for a in bf16.args if "--server-arg" in a]}
@@ -115,3 +108,12 @@ def test_a_run_waits_for_its_demo_store(
     assert not waiting.run_dir.exists()
     new_tasks = {run.name: run for run in grid.new_tasks()}
     assert new_tasks["halfcheetah-sd2ail-1demo-expertrecipe-seed0"].missing_demos() is None
+
+
+def test_experts_train_sac_in_bf16_only_where_the_cpu_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for native, expected in ((True, ["--sac-dtype", "bfloat16"]), (False, [])):
+        monkeypatch.setattr(grid, "cpu_bf16_supported", lambda native=native: native)
+        for run in grid.experts():
+            assert [a for a in run.args if a in ("--sac-dtype", "bfloat16")] == expected
