@@ -12,7 +12,13 @@ run: wall time to exit, env steps per second, and its evaluations (`metrics.csv`
 budget's learning curves sit beside the times. A budget shorter than `make run`'s own is a
 timing, not a learning-curve comparison: the full curves are the grids' runs (runs.csv).
 
-Writes benchmarks/results/make_run_cost.csv and .png; prints the markdown table.
+Wall time to exit favours the slower run: once the faster one ends, the slower has the machine
+to itself. So each run's ms per env step is also taken from its log lines (`HH:MM:SS step N`)
+between `--rate-from-step` (past the random warm-up) and the moment the first run ended, while
+both ran (`overlap_ms_per_step`). `--reanalyse` recomputes those columns from the committed logs.
+
+Writes benchmarks/results/make_run_cost.csv, .png and each run's log
+(make_run_cost_<label>.log); prints the markdown table.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,6 +55,62 @@ def make_run_command(tree: Path, bin_dir: Path) -> str:
     return lines[0]
 
 
+STEP_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d) step (\d+)", re.MULTILINE)
+
+
+def step_times(log: str) -> list[tuple[float, int]]:
+    """(seconds since the log's first midnight, env step) of each progress line."""
+    points: list[tuple[float, int]] = []
+    day = 0.0
+    for h, m, sec, step in STEP_LINE.findall(log):
+        t = 3600 * int(h) + 60 * int(m) + int(sec) + day
+        if points and t < points[-1][0]:  # past midnight
+            day += 86_400
+            t += 86_400
+        points.append((t, int(step)))
+    return points
+
+
+def overlap_ms_per_step(log: str, from_step: int, until_s: float) -> float | None:
+    """Wall ms per env step from the first progress line at or past `from_step` to the last
+    one at or before `until_s` (None if fewer than two such lines)."""
+    points = [(t, s) for t, s in step_times(log) if s >= from_step and t <= until_s]
+    if len(points) < 2:
+        return None
+    (t0, s0), (t1, s1) = points[0], points[-1]
+    return 1e3 * (t1 - t0) / (s1 - s0)
+
+
+def add_overlap_columns(rows: list[dict[str, object]], logs: list[str], from_step: int) -> None:
+    """`overlap_ms_per_step` of each run until the first run's last progress line, and the
+    baseline's over the candidate's."""
+    until = min(step_times(log)[-1][0] for log in logs)
+    for row, log in zip(rows, logs, strict=True):
+        rate = overlap_ms_per_step(log, from_step, until)
+        row["overlap_ms_per_step"] = "" if rate is None else round(rate, 2)
+    rates = [row["overlap_ms_per_step"] for row in rows]
+    if all(isinstance(r, float) for r in rates):
+        ratio = float(str(rates[0])) / float(str(rates[1]))
+        for row in rows:
+            row["overlap_baseline_over_candidate"] = round(ratio, 3)
+
+
+def log_path(out: Path, label: object) -> Path:
+    return out.with_name(f"{out.stem}_{label}.log")
+
+
+def reanalyse(out: Path, from_step: int) -> None:
+    with out.open() as f:
+        rows: list[dict[str, object]] = list(csv.DictReader(f))
+    add_overlap_columns(rows, [log_path(out, r["label"]).read_text() for r in rows], from_step)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(row["label"], row["overlap_ms_per_step"], row.get("overlap_baseline_over_candidate"))
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / "metrics.csv"
     if not path.exists():
@@ -67,8 +130,15 @@ def main() -> None:
     )
     p.add_argument("--extra", default="", help="arguments appended to both commands (smoke tests)")
     p.add_argument("--keep", action="store_true", help="keep the worktrees and their runs")
+    p.add_argument(
+        "--rate-from-step", type=int, default=6000, help="overlap rate from this env step"
+    )
+    p.add_argument("--reanalyse", action="store_true", help="overlap columns from the logs")
     p.add_argument("--out", type=Path, default=RESULTS / "make_run_cost.csv")
     args = p.parse_args()
+    if args.reanalyse:
+        reanalyse(args.out, args.rate_from_step)
+        return
     load_start = os.getloadavg()[0]
     bin_dir = Path(sys.executable).parent
     scratch = Path(tempfile.mkdtemp(prefix="make_run_cost-"))
@@ -113,12 +183,15 @@ def main() -> None:
                     runs[i]["returncode"] = proc.returncode
                     del pending[i]
             time.sleep(1.0)
-        rows = []
+        rows: list[dict[str, object]] = []
+        logs = []
         for run in runs:
             tree = Path(str(run["tree"]))
             if run["returncode"] != 0:
                 tail = (tree / "make_run.log").read_text()[-3000:]
                 raise RuntimeError(f"{run['label']} failed ({run['returncode']}):\n{tail}")
+            logs.append((tree / "make_run.log").read_text())
+            log_path(args.out, run["label"]).write_text(logs[-1])
             run_dirs = sorted((tree / "runs").iterdir())
             evals = read_metrics(run_dirs[0])
             wall = float(str(run["wall_s"]))
@@ -139,6 +212,7 @@ def main() -> None:
         speedup = float(str(rows[0]["wall_s"])) / float(str(rows[1]["wall_s"]))
         for row in rows:
             row["baseline_over_candidate"] = round(speedup, 3)
+        add_overlap_columns(rows, logs, args.rate_from_step)
         write_rows(args.out, rows, run_meta(load_start))
         plot(rows, args.out.with_suffix(".png"))
         print("| run | commit | wall (s) | env steps / s | evaluations (step: return) |")
@@ -154,7 +228,8 @@ def main() -> None:
                 f"| {row['label']} | {row['commit']} | {row['wall_s']} | "
                 f"{row['env_steps_per_s']} | {evals_text} |"
             )
-        print(f"baseline / candidate wall time: {speedup:.2f}x")
+        print(f"baseline / candidate wall time: {speedup:.2f}x; per env step while both ran: "
+              f"{rows[0].get('overlap_baseline_over_candidate', '?')}x")  # fmt: skip
     finally:
         for run in runs:
             if not args.keep:
