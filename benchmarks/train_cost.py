@@ -222,6 +222,7 @@ def run_train(
     pin_cores: bool = False,
     sac_threads: int = 1,
     sac_dtype: str = "float32",
+    sync_threads: int = 0,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "sd2ail_reward.cli", "train", *HOPPER, "--algo", algo,
@@ -230,6 +231,7 @@ def run_train(
         f"--server-arg=--updates-per-transition={ratio}",
         f"--server-arg=--torch-threads={server_threads}",
         f"--server-arg=--compute-dtype={compute_dtype}",
+        f"--server-arg=--sync-threads={sync_threads}",
         *(["--pin-cores"] if pin_cores else []),
         "--sac-threads", str(sac_threads), "--sac-dtype", sac_dtype,
     ]  # fmt: skip
@@ -248,6 +250,7 @@ def row_of(
     sac_threads: int = 1,
     pinned: bool = False,
     sac_dtype: str = "float32",
+    sync_threads: int = 0,
 ) -> dict[str, Any]:
     trained = args.steps - args.start_steps
     per_step = {p: 1e3 * float(timings.get(f"{p}_s", 0.0)) / trained for p in LOOP_PARTS}
@@ -264,6 +267,7 @@ def row_of(
         "server_threads": server_threads,
         "sac_threads": sac_threads,
         "sac_dtype": sac_dtype,
+        "sync_threads": sync_threads,
         "compute_dtype": compute_dtype,
         "pin_cores": pinned,
         **{f"{p}_ms": round(v, 2) for p, v in per_step.items()},
@@ -289,6 +293,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr"
         + (f"\nSAC {r['sac_threads']} thr" if r.get("sac_threads", 1) != 1 else "")
         + ("\nSAC bf16" if r.get("sac_dtype") == "bfloat16" else "")
+        + (f"\nSync {r['sync_threads']} thr" if int(r.get("sync_threads", 0)) else "")
         + ("\nbf16" if r.get("compute_dtype") == "bfloat16" else "")
         + ("\npinned" if r.get("pin_cores") else "")
         for r in rows
@@ -311,8 +316,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def sac_threads_note(row: dict[str, Any]) -> str:
     threads = int(row.get("sac_threads", 1))
-    return (f", SAC {threads} threads" if threads != 1 else "") + (
-        ", SAC bf16" if row.get("sac_dtype") == "bfloat16" else ""
+    sync = int(row.get("sync_threads", 0))
+    return (
+        (f", SAC {threads} threads" if threads != 1 else "")
+        + (", SAC bf16" if row.get("sac_dtype") == "bfloat16" else "")
+        + (f", {sync} threads in Sync" if sync else "")
     )
 
 
@@ -387,6 +395,13 @@ def main() -> None:
         default=["float32"],
         help="train --sac-dtype: SAC's trunks' arithmetic (each a variant, bare SAC alike)",
     )
+    parser.add_argument(
+        "--sync-threads",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="serve --sync-threads: the trainer's threads while train waits in Sync (variants)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cost.csv")
     args = parser.parse_args()
     pinnings = ["pinned"] if args.pin_cores else args.pinning
@@ -399,9 +414,10 @@ def main() -> None:
             reward_ms, disc_ms, gen_ms = learner_costs(algo, dtype)
             bare = {**sac_ms, "reward": reward_ms, "disc": disc_ms, "gen": gen_ms}
             for ratio in args.ratios:
-                for threads, sac_threads, pinning, sac_dtype in itertools.product(
-                    args.server_threads, args.sac_threads, pinnings, args.sac_dtypes
-                ):
+                for threads, sac_threads, pinning, sac_dtype, sync in itertools.product(
+                    args.server_threads, args.sac_threads, pinnings, args.sac_dtypes,
+                    args.sync_threads,
+                ):  # fmt: skip
                     with tempfile.TemporaryDirectory() as tmp:
                         run_dir = Path(tmp) / "r"
                         timings = run_train(
@@ -415,10 +431,11 @@ def main() -> None:
                             pinning == "pinned",
                             sac_threads,
                             sac_dtype,
+                            sync,
                         )
                     row = row_of(
                         algo, ratio, threads, dtype, timings, bare, args, sac_threads,
-                        pinning == "pinned", sac_dtype,
+                        pinning == "pinned", sac_dtype, sync,
                     )  # fmt: skip
                     rows.append(row)
                     print(row, flush=True)

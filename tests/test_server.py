@@ -41,6 +41,7 @@ from sd2ail_reward.demos import read_demos
 from sd2ail_reward.learner import RewardLearner, RewardModel
 from sd2ail_reward.rpc import reward_pb2, reward_pb2_grpc
 from sd2ail_reward.server import ServeOptions, build_server, is_loopback, load_tokens
+from sd2ail_reward.server.options import check_options
 
 TOL = 1e-6
 MAX_ROWS = 256
@@ -791,6 +792,44 @@ def test_sync_waits_for_training_and_versions_grow(trainer: tuple[Any, RewardLea
     served = client.reward(*probe)
     assert np.max(np.abs(served - learner.reward(*probe))) <= TOL
     assert client.stats()["serving"]["pending_updates"] == 0
+
+
+def wait_for_updates(learner: RewardLearner, n: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while learner.n_updates < n:
+        assert time.monotonic() < deadline, f"{learner.n_updates} of {n} updates"
+        time.sleep(0.01)
+
+
+def test_the_trainer_takes_the_sync_thread_count_only_while_a_client_waits(
+    demo_store: Path,
+) -> None:
+    """`--sync-threads 2`: the trainer trains with 2 torch threads while a Sync waits (its
+    agent idles) and with the server's count otherwise; without Sync nothing changes."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the server's count: the creating thread's
+    learner = small_learner(demo_store)
+    server = start_inprocess(learner, publish_every=5, sync_torch_threads=2)
+    torch.set_num_threads(threads_before)
+    try:
+        counts = server.host.updates_by_threads
+        client = RewardClient(address(server))
+        client.push(*probe_batch(64, seed=0))  # min_agent_size 32: 33 updates owed
+        wait_for_updates(learner, 33)
+        assert dict(counts) == {1: 33}
+        client.push(*probe_batch(400, seed=1))  # 400 more, and Sync at once
+        client.sync(timeout_s=120)
+        assert counts[2] > 0 and counts[1] + counts[2] == 433
+        after_sync = dict(counts)
+        client.push(*probe_batch(50, seed=2))  # Sync has returned: the server's count again
+        wait_for_updates(learner, 483)
+        assert counts[2] == after_sync[2] and counts[1] == after_sync[1] + 50
+    finally:
+        server.stop(grace_s=0.0)
+    with pytest.raises(ValueError, match="sync_torch_threads"):
+        check_options(ServeOptions(sync_torch_threads=-1))
 
 
 def test_push_quota_is_resource_exhausted(demo_store: Path) -> None:

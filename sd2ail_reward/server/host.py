@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,7 @@ class LearnerHost:
         self._ingested_rows = 0  # rows handed to the learner
         self._synced_rows = 0  # rows whose updates are done and published
         self._sync_cond = threading.Condition()
+        self._sync_waiters = 0  # Sync calls waiting now (the trainer's thread count follows)
         self._work = threading.Event()
         self._stop_trainer = threading.Event()
         self._stop_reporter = threading.Event()
@@ -139,6 +141,9 @@ class LearnerHost:
         self._threads: list[threading.Thread] = []
         self._checkpoints = CheckpointKeeper(options, metrics)
         self.torch_threads = torch.get_num_threads()  # the creating thread's, for every thread
+        self._trainer_threads = self.torch_threads  # the trainer thread's own (OpenMP's is
+        # per thread), switched to options.sync_torch_threads while a Sync waits
+        self.updates_by_threads: Counter[int] = Counter()  # discriminator updates per count
 
     # ------------------------------------------------------------------ state
 
@@ -345,6 +350,15 @@ class LearnerHost:
         """Wait until training has consumed every row accepted before the call, and published."""
         self.require()
         target = self._ledger.accepted
+        with self._sync_cond:
+            self._sync_waiters += 1
+        try:
+            return self._wait_synced(target, timeout_s)
+        finally:
+            with self._sync_cond:
+                self._sync_waiters -= 1
+
+    def _wait_synced(self, target: int, timeout_s: float | None) -> Synced:
         self._work.set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._sync_cond:
@@ -415,10 +429,21 @@ class LearnerHost:
         self._since_publish = 0
         self._seconds["publish"] += time.perf_counter() - start
 
+    def _set_trainer_threads(self) -> None:
+        """The Sync count while a client waits in Sync (its agent idles), else the server's."""
+        want = self.torch_threads
+        if self.options.sync_torch_threads and self._sync_waiters:
+            want = self.options.sync_torch_threads
+        if want != self._trainer_threads:
+            torch.set_num_threads(want)
+            self._trainer_threads = want
+
     def _train_one_locked(self) -> Captured | None:
         """One update if one is owed; returns a checkpoint capture when one is due."""
         learner = self.learner
         assert learner is not None
+        self._set_trainer_threads()
+        self.updates_by_threads[self._trainer_threads] += 1
         start = time.perf_counter()
         try:
             learner.train(1)

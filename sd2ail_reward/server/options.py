@@ -87,6 +87,10 @@ class ServeOptions:
     """Train the discriminator on pushed transitions (False: reward-only serving)."""
     publish_every: int = 10
     """Publish new weights to ComputeReward every this many updates (and when caught up)."""
+    sync_torch_threads: Annotated[int, tyro.conf.arg(name="sync-threads")] = 0
+    """Torch threads of the trainer while a client waits in Sync (0: the server's count). For
+    a server whose one agent idles in Sync, as `train`'s local one does at 1:1: the trainer
+    may then use that agent's core too."""
     checkpoint_dir: Path | None = None
     """Where checkpoint generations go (the only directory the server writes)."""
     checkpoint_every: int = 1000
@@ -169,5 +173,7 @@ def check_options(o: ServeOptions) -> None:
     for name in ("max_batch_rows", "max_queue_size", "max_request_rows", "workers"):
         if getattr(o, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(o, name)}")
+    if o.sync_torch_threads < 0:
+        raise ValueError(f"sync_torch_threads must be >= 0, got {o.sync_torch_threads}")
     if o.publish_every < 1 or o.checkpoint_every < 0 or o.push_quota < 0:
         raise ValueError("publish_every must be >= 1, checkpoint_every and push_quota >= 0")
