@@ -52,6 +52,7 @@ def test_every_serve_option_is_reachable_from_the_command_line(field: str) -> No
         "tls_key": ["--tls-key", "k"], "tls_client_ca": ["--tls-client-ca", "a"],
         "allow_insecure_remote": ["--allow-insecure-remote"], "reflection": ["--reflection"],
         "train": ["--no-train"], "publish_every": ["--publish-every", "4"],
+        "sync_torch_threads": ["--sync-threads", "2"],
         "checkpoint_dir": ["--checkpoint-dir", "ck"],
         "checkpoint_every": ["--checkpoint-every", "0"],
         "max_concurrent_rpcs": ["--max-concurrent-rpcs", "8"],
