@@ -309,6 +309,7 @@ def tasks_markdown(rows: list[dict[str, Any]]) -> str:
             trained_cell = (
                 ", ".join(
                     f"training: best {r['best_return']:.0f} at {r['env_steps'] // 1000}k"
+                    + ("" if r["extra_terms"] == "none" else f" ({r['extra_terms']})")
                     for r in expert_runs
                 )
                 or "not started"
