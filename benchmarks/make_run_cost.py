@@ -27,6 +27,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,12 @@ def overlap_ms_per_step(log: str, from_step: int, until_s: float) -> float | Non
 def add_overlap_columns(rows: list[dict[str, object]], logs: list[str], from_step: int) -> None:
     """`overlap_ms_per_step` of each run until the first run's last progress line, and the
     baseline's over the candidate's."""
-    until = min(step_times(log)[-1][0] for log in logs)
+    timelines = [step_times(log) for log in logs]
+    if not all(timelines):  # a run too short to log its progress (every 30 s)
+        for row in rows:
+            row["overlap_ms_per_step"] = ""
+        return
+    until = min(points[-1][0] for points in timelines)
     for row, log in zip(rows, logs, strict=True):
         rate = overlap_ms_per_step(log, from_step, until)
         row["overlap_ms_per_step"] = "" if rate is None else round(rate, 2)
@@ -163,7 +169,7 @@ def main() -> None:
         for run in runs:
             tree = Path(str(run["tree"]))
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            log = (tree / "make_run.log").open("w")
+            log = (tree / "make_run.log").open("w")  # the child keeps its own descriptor
             print(f"{run['label']} {run['commit']}: {run['command']}", flush=True)
             run["start"] = time.perf_counter()
             procs.append(
@@ -175,6 +181,7 @@ def main() -> None:
                     stderr=subprocess.STDOUT,
                 )
             )
+            log.close()
         pending = dict(enumerate(procs))
         while pending:
             for i, proc in list(pending.items()):
@@ -190,7 +197,7 @@ def main() -> None:
             if run["returncode"] != 0:
                 tail = (tree / "make_run.log").read_text()[-3000:]
                 raise RuntimeError(f"{run['label']} failed ({run['returncode']}):\n{tail}")
-            logs.append((tree / "make_run.log").read_text())
+            logs.append((tree / "make_run.log").read_text().replace(str(bin_dir), "$BIN"))
             log_path(args.out, run["label"]).write_text(logs[-1])
             run_dirs = sorted((tree / "runs").iterdir())
             evals = read_metrics(run_dirs[0])
@@ -239,6 +246,7 @@ def main() -> None:
                 )
         if not args.keep:
             subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:

@@ -33,3 +33,6 @@ def test_the_rate_counts_only_the_time_both_ran() -> None:
     assert rows[1]["overlap_ms_per_step"] == pytest.approx(25.0)
     assert rows[0]["overlap_baseline_over_candidate"] == pytest.approx(2.0)
     assert overlap_ms_per_step(BASELINE, from_step=9000, until_s=1e9) is None
+    short: list[dict[str, object]] = [{"label": "baseline"}, {"label": "candidate"}]
+    add_overlap_columns(short, [BASELINE, "23:59:40 starting reward server\n"], from_step=6000)
+    assert [row["overlap_ms_per_step"] for row in short] == ["", ""]
