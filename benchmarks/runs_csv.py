@@ -349,9 +349,9 @@ def main() -> None:
     rows = build()
     print(summary_markdown(rows))
     if args.readme:
-        replace_between(REPO / "README.md", README_BEGIN, README_END, summary_markdown(rows))
         replace_between(REPO / "README.md", TASKS_BEGIN, TASKS_END, tasks_markdown(rows))
         bench = REPO / "benchmarks" / "README.md"
+        replace_between(bench, README_BEGIN, README_END, summary_markdown(rows))
         for env in sorted({row["env"] for row in rows}):
             begin, end = f"<!-- runs.csv {env}:begin -->", f"<!-- runs.csv {env}:end -->"
             if begin in bench.read_text():
