@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +118,45 @@ def reanalyse(out: Path, from_step: int) -> None:
         print(row["label"], row["overlap_ms_per_step"], row.get("overlap_baseline_over_candidate"))
 
 
+@dataclass
+class MakeRun:
+    """One commit's `make run`: its worktree and command, then its process and wall time."""
+
+    label: str
+    commit: str
+    tree: Path
+    command: str
+    started: float = 0.0
+    process: subprocess.Popen[bytes] | None = None
+    wall_s: float | None = None
+    returncode: int | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.tree / "make_run.log"
+
+    def start(self) -> None:
+        """The command in its worktree, with that worktree's code first on the path."""
+        env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        with self.log_path.open("w") as log:  # the child keeps its own descriptor
+            self.started = time.perf_counter()
+            self.process = subprocess.Popen(
+                ["bash", "-c", self.command],
+                cwd=self.tree,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def poll(self) -> None:
+        """Records the wall time and exit status once the process has ended."""
+        if self.wall_s is None and self.process is not None:
+            returncode = self.process.poll()
+            if returncode is not None:
+                self.wall_s = time.perf_counter() - self.started
+                self.returncode = returncode
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / "metrics.csv"
     if not path.exists():
@@ -148,7 +188,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     bin_dir = Path(sys.executable).parent
     scratch = Path(tempfile.mkdtemp(prefix="make_run_cost-"))
-    runs: list[dict[str, object]] = []
+    runs: list[MakeRun] = []
     try:
         for label, rev in (("baseline", args.baseline), ("candidate", args.candidate)):
             commit = subprocess.run(
@@ -164,56 +204,34 @@ def main() -> None:
             )
             command = make_run_command(tree, bin_dir)
             command += f" --steps {args.steps} --no-progress {args.extra}".rstrip()
-            runs.append({"label": label, "commit": commit, "tree": tree, "command": command})
-        procs = []
+            runs.append(MakeRun(label, commit, tree, command))
         for run in runs:
-            tree = Path(str(run["tree"]))
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            log = (tree / "make_run.log").open("w")  # the child keeps its own descriptor
-            print(f"{run['label']} {run['commit']}: {run['command']}", flush=True)
-            run["start"] = time.perf_counter()
-            procs.append(
-                subprocess.Popen(
-                    ["bash", "-c", str(run["command"])],
-                    cwd=tree,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            log.close()
-        pending = dict(enumerate(procs))
-        while pending:
-            for i, proc in list(pending.items()):
-                if proc.poll() is not None:
-                    runs[i]["wall_s"] = time.perf_counter() - float(str(runs[i]["start"]))
-                    runs[i]["returncode"] = proc.returncode
-                    del pending[i]
+            print(f"{run.label} {run.commit}: {run.command}", flush=True)
+            run.start()
+        while any(run.wall_s is None for run in runs):
+            for run in runs:
+                run.poll()
             time.sleep(1.0)
         rows: list[dict[str, object]] = []
         logs = []
         for run in runs:
-            tree = Path(str(run["tree"]))
-            if run["returncode"] != 0:
-                tail = (tree / "make_run.log").read_text()[-3000:]
-                raise RuntimeError(f"{run['label']} failed ({run['returncode']}):\n{tail}")
-            logs.append((tree / "make_run.log").read_text().replace(str(bin_dir), "$BIN"))
-            log_path(args.out, run["label"]).write_text(logs[-1])
-            run_dirs = sorted((tree / "runs").iterdir())
-            evals = read_metrics(run_dirs[0])
-            wall = float(str(run["wall_s"]))
+            log = run.log_path.read_text().replace(str(bin_dir), "$BIN")
+            if run.returncode != 0:
+                raise RuntimeError(f"{run.label} failed ({run.returncode}):\n{log[-3000:]}")
+            logs.append(log)
+            log_path(args.out, run.label).write_text(log)
+            evals = read_metrics(sorted((run.tree / "runs").iterdir())[0])
+            assert run.wall_s is not None
             rows.append(
                 {
-                    "label": run["label"],
-                    "commit": run["commit"],
+                    "label": run.label,
+                    "commit": run.commit,
                     "steps": args.steps,
-                    "wall_s": round(wall, 1),
-                    "env_steps_per_s": round(args.steps / wall, 2),
+                    "wall_s": round(run.wall_s, 1),
+                    "env_steps_per_s": round(args.steps / run.wall_s, 2),
                     "eval_steps": " ".join(e["env_step"] for e in evals),
                     "eval_returns": " ".join(f"{float(e['eval_return_mean']):.0f}" for e in evals),
-                    "make_run_command": " ".join(
-                        str(run["command"]).replace(str(bin_dir), "$BIN").split()
-                    ),
+                    "make_run_command": " ".join(run.command.replace(str(bin_dir), "$BIN").split()),
                 }
             )
         speedup = float(str(rows[0]["wall_s"])) / float(str(rows[1]["wall_s"]))
@@ -241,7 +259,7 @@ def main() -> None:
         for run in runs:
             if not args.keep:
                 subprocess.run(
-                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(run["tree"])],
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(run.tree)],
                     check=False,
                 )
         if not args.keep:

@@ -291,9 +291,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     labels = [
         f"{r['algo']}\n{r['ratio']}\n{r['server_threads']} thr"
-        + (f"\nSAC {r['sac_threads']} thr" if r.get("sac_threads", 1) != 1 else "")
-        + ("\nSAC bf16" if r.get("sac_dtype") == "bfloat16" else "")
-        + (f"\nSync {r['sync_threads']} thr" if int(r.get("sync_threads", 0)) else "")
+        + "".join(f"\n{term}" for term in variant_terms(r))
         + ("\nbf16" if r.get("compute_dtype") == "bfloat16" else "")
         + ("\npinned" if r.get("pin_cores") else "")
         for r in rows
@@ -314,14 +312,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def sac_threads_note(row: dict[str, Any]) -> str:
-    threads = int(row.get("sac_threads", 1))
-    sync = int(row.get("sync_threads", 0))
-    return (
-        (f", SAC {threads} threads" if threads != 1 else "")
-        + (", SAC bf16" if row.get("sac_dtype") == "bfloat16" else "")
-        + (f", {sync} threads in Sync" if sync else "")
-    )
+def variant_terms(row: dict[str, Any]) -> list[str]:
+    """The variants a row's run took beyond the defaults (SAC's threads and dtype, the
+    trainer's threads in Sync), for the figure's labels and the table alike."""
+    threads, sync = int(row.get("sac_threads", 1)), int(row.get("sync_threads", 0))
+    return [
+        *([f"SAC {threads} threads"] if threads != 1 else []),
+        *(["SAC bf16"] if row.get("sac_dtype") == "bfloat16" else []),
+        *([f"{sync} threads in Sync"] if sync else []),
+    ]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -336,7 +335,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['algo']} | {r['ratio']} | {r['server_threads']} | {r['compute_dtype']}"
             f"{', pinned' if r.get('pin_cores') else ''}"
-            f"{sac_threads_note(r)} "
+            f"{''.join(f', {term}' for term in variant_terms(r))} "
             f"| {r['collect_ms']} "
             f"| {r['sac_update_ms']} | "
             f"{r['relabel_wait_ms']} | {r['sync_wait_ms']} | {r['measured_ms_per_step']} | "
