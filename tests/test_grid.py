@@ -117,3 +117,34 @@ def test_experts_train_sac_in_bf16_only_where_the_cpu_has_it(
         monkeypatch.setattr(grid, "cpu_bf16_supported", lambda native=native: native)
         for run in grid.experts():
             assert [a for a in run.args if a in ("--sac-dtype", "bfloat16")] == expected
+
+
+def test_a_run_finished_in_the_archive_is_not_run_again_on_a_new_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new machine's grid root is empty; the repo's archive still says which runs ended."""
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path / "grid")
+    monkeypatch.setattr(grid, "ARCHIVE", tmp_path / "archive")
+    done = grid.GridRun("done", ("--env", "Pendulum-v1"), steps=10, after=(("--help",),))
+    partial = grid.GridRun("partial", ("--env", "Pendulum-v1"), steps=10)
+    for run, steps in ((done, 10), (partial, 4)):
+        archived = tmp_path / "archive" / run.name
+        archived.mkdir(parents=True)
+        (archived / "config.json").write_text(json.dumps({"algo": "sd2ail"}))
+        (archived / "summary.json").write_text(json.dumps({"env_steps": steps, "best_return": 0}))
+    assert grid.finished(done) and not grid.finished(partial)
+    assert "--resume" not in partial.command()  # its checkpoints are gone: from step 0
+    grid.run_after_steps(done)  # no weights here to record from: nothing runs
+    assert not (done.run_dir / ".after-done").exists()
+
+    partial.run_dir.mkdir(parents=True)  # restarted here: the grid root's state decides
+    (partial.run_dir / "config.json").write_text(json.dumps({"algo": "sd2ail"}))
+    (partial.run_dir / "summary.json").write_text(json.dumps({"env_steps": 10, "best_return": 0}))
+    assert grid.finished(partial)
+
+
+def test_the_subsampled_hopper_protocol_runs_all_share_one_server_arithmetic() -> None:
+    runs = [r for r in grid.hopper_ablation() if "-sub20-" in r.name and "-bc-" not in r.name]
+    assert len({tuple(a for a in r.args if "compute-dtype" in a) for r in runs}) == 1
+    full = [r for r in grid.hopper_ablation() if "-sub" not in r.name and "-bc-" not in r.name]
+    assert not any("--server-arg=--compute-dtype=bfloat16" in r.args for r in full)
