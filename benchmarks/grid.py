@@ -488,6 +488,8 @@ def status(runs: list[GridRun]) -> None:
         rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
         last = rows[-1].split(",")[:2] if rows else ["-", "-"]
         state = "done" if finished(run) else ("started" if rows else "pending")
+        if state == "started" and not (run.run_dir / "config.json").exists():
+            state = "lost"  # archived part-way; its checkpoints were on another machine
         print(f"{run.name:45s} {state:8s} step {last[0]:>7s} return {last[1]}")
 
 
