@@ -1,9 +1,12 @@
 """SAC checkpoints of a training run: networks, optimisers, RNG, replay buffer and counters,
 as one generation of the project's `CheckpointStore` (sha256 manifest, atomic rename, LATEST
-pointer, fallback to the previous generation), loaded with `weights_only=True`."""
+pointer, fallback to the previous generation), loaded with `weights_only=True`; and the carry,
+a checkpoint small enough to commit, with which a run too long for one machine goes on on
+the next."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -144,3 +147,64 @@ def restore_sac_checkpoint(
 
 def sac_checkpoint_store(run_dir: Path) -> CheckpointStore:
     return CheckpointStore(run_dir / "checkpoints", keep=2)
+
+
+CARRIED_FIELDS = ("obs", "act", "obs_next", "rew", "terminated", "truncated", "done")
+"""What SAC's update reads of a transition; the env's info is left behind."""
+CARRIED_RUN_FILES = ("actor_spec.json", "best_actor.pt", "best_actor.json")
+"""Beside the checkpoint: the best actor so far, which `demos record` records from."""
+
+
+def newest_transitions(arrays: dict[str, np.ndarray], keep: int) -> dict[str, np.ndarray]:
+    """`buffer_arrays` cut to its newest `keep` transitions (oldest first, in slots 0..keep-1),
+    SAC's fields only, float64 observations as float32: the buffer of a carry. The sampler's
+    RNG state goes with it."""
+    size, insertion_idx = int(arrays["size"]), int(arrays["insertion_idx"])
+    kept = min(keep, size)
+    slots = (insertion_idx - kept + np.arange(kept)) % max(size, 1)
+    out = {name: arr for name, arr in arrays.items() if not name.startswith("data/")}
+    out["size"], out["insertion_idx"] = np.array(kept), np.array(kept % int(arrays["maxsize"]))
+    for field in CARRIED_FIELDS:
+        column = arrays[f"data/{field}"][slots]
+        out[f"data/{field}"] = column.astype(np.float32) if column.dtype == np.float64 else column
+    return out
+
+
+def write_carry(run_dir: Path, out_dir: Path, keep: int) -> dict[str, Any]:
+    """The run's newest SAC checkpoint with its buffer cut to `keep` transitions
+    (`newest_transitions`), plus its best actor, into `out_dir` (replaced); returns the
+    checkpoint's counters. For runs without a reward server: a server's state (discriminator,
+    PEDR buffers, demos) is not carried."""
+    if (run_dir / "server").exists():
+        raise ValueError(f"{run_dir} trains against a reward server, whose state is not carried")
+    checkpoint = sac_checkpoint_store(run_dir).load_latest()
+    payload = dict(checkpoint.state)
+    buffer = {name: t.numpy() for name, t in payload["buffer"].items()}
+    payload["buffer"] = {
+        name: torch.from_numpy(np.array(arr))
+        for name, arr in newest_transitions(buffer, keep).items()
+    }
+    payload["meta"] = dict(checkpoint.meta)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    torch.save(payload, out_dir / "checkpoint.pt")
+    for name in CARRIED_RUN_FILES:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    return dict(checkpoint.meta)
+
+
+def read_carry(carry_dir: Path, run_dir: Path) -> Checkpoint:
+    """Installs a `write_carry` into `run_dir` as its newest SAC checkpoint (and its best
+    actor), so that `train --resume` goes on from it; the run's config.json and metrics.csv
+    must be put there from its archive."""
+    payload = torch.load(carry_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    meta = payload.pop("meta")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in CARRIED_RUN_FILES:
+        if (carry_dir / name).exists():
+            shutil.copyfile(carry_dir / name, run_dir / name)
+    store = sac_checkpoint_store(run_dir)
+    store.save(payload, step=int(meta["env_step"]), meta=meta)
+    return store.load_latest()

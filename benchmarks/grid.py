@@ -11,6 +11,10 @@ from their last SAC checkpoint and the server checkpoint paired with it) and sta
 in the order given, at most `--parallel` at a time, each under an exclusive lock (a second
 `run` leaves a running run alone). After each run ends, its files are archived in the repo and
 `benchmarks/results/runs.csv` rebuilt (`benchmarks/runs_csv.py`).
+
+A new machine starts with an empty grid root: a run finished in the repo's archive is not run
+again, an expert (hours here, no reward server) goes on from the carry `carry` committed at the
+end of the last sitting, and any other unfinished run starts again from step 0.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import fcntl
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -397,6 +402,64 @@ ARCHIVE = REPO / "benchmarks" / "results" / "runs"
 record of a run that survives a new machine, whose grid root starts empty."""
 
 
+CARRY = REPO / "benchmarks" / "results" / "carry"
+"""Runs too long for one machine (the experts, hours here) go on on the next from a carry
+committed here (`grid.py carry`, run by `scripts/stop_runs.sh`): SAC's newest checkpoint with
+its replay buffer cut to the newest `CARRY_TRANSITIONS`, and the best actor. Runs against a
+reward server are not carried: they run to the end within a sitting or start again."""
+CARRY_TRANSITIONS = 10_000
+"""Ten 1,000-step episodes: the resumed run samples from these until its buffer refills
+(~5 MB a carry with the optimisers)."""
+CARRY_RUN_FILES = ("config.json", "metrics.csv", "provenance.json", "timings.json")
+
+
+def write_carries(runs: list[GridRun]) -> None:
+    """A carry for each run started here and unfinished that trains without a reward server;
+    a finished run's carry is removed (the run's archive holds its results)."""
+    from agents.checkpoints import write_carry
+
+    for run in runs:
+        carry = CARRY / run.name
+        if finished(run):
+            if carry.exists():
+                shutil.rmtree(carry)
+                print(f"{run.name}: finished, its carry removed", flush=True)
+            continue
+        if not (run.run_dir / "config.json").exists() or (run.run_dir / "server").exists():
+            continue
+        if not (run.run_dir / "checkpoints").exists():
+            continue
+        counters = write_carry(run.run_dir, carry, keep=CARRY_TRANSITIONS)
+        size = sum(f.stat().st_size for f in carry.iterdir()) / 1e6
+        print(f"{run.name}: carried at step {counters['env_step']} ({size:.1f} MB)", flush=True)
+
+
+def restore_carry(run: GridRun) -> bool:
+    """On a machine without the run: its run dir rebuilt from the archive and the carry, so
+    that `train --resume` goes on from the carried step; the sitting is noted in its
+    provenance (`carried_buffer`: the transitions it kept)."""
+    from agents.checkpoints import read_carry
+
+    carry, archived = CARRY / run.name, ARCHIVE / run.name
+    if (run.run_dir / "config.json").exists() or not (carry / "checkpoint.pt").exists():
+        return False
+    if not all((archived / name).exists() for name in CARRY_RUN_FILES[:2]):
+        return False
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    for name in CARRY_RUN_FILES:
+        if (archived / name).exists():
+            shutil.copyfile(archived / name, run.run_dir / name)
+    checkpoint = read_carry(carry, run.run_dir)
+    provenance_path = run.run_dir / "provenance.json"
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.exists() else {}
+    provenance.setdefault("carries", []).append(
+        {"at_step": checkpoint.step, "carried_buffer": int(checkpoint.state["buffer"]["size"])}
+    )
+    provenance_path.write_text(json.dumps(provenance, indent=2))
+    print(f"{run.name}: goes on from its carry at step {checkpoint.step}", flush=True)
+    return True
+
+
 def finished_in(run: GridRun, run_files: Path) -> bool:
     """Whether the run whose config.json and summary.json lie in `run_files` reached the grid
     run's budget or target."""
@@ -455,7 +518,11 @@ def run_grid(runs: list[GridRun], parallel: int, nice: int) -> None:
                 print(f"{run.name}: held by another runner, skipped", flush=True)
                 continue
             lost = ARCHIVE / run.name / "summary.json"
-            if not (run.run_dir / "config.json").exists() and lost.exists():
+            if (
+                not restore_carry(run)
+                and not (run.run_dir / "config.json").exists()
+                and lost.exists()
+            ):
                 steps = json.loads(lost.read_text())["env_steps"]
                 print(f"{run.name}: its checkpoints are gone (archived at {steps:.0f} steps); "
                       "it starts again from step 0", flush=True)  # fmt: skip
@@ -489,7 +556,8 @@ def status(runs: list[GridRun]) -> None:
         last = rows[-1].split(",")[:2] if rows else ["-", "-"]
         state = "done" if finished(run) else ("started" if rows else "pending")
         if state == "started" and not (run.run_dir / "config.json").exists():
-            state = "lost"  # archived part-way; its checkpoints were on another machine
+            # archived part-way on another machine: it goes on from its carry, or from step 0
+            state = "carried" if (CARRY / run.name).exists() else "lost"
         print(f"{run.name:45s} {state:8s} step {last[0]:>7s} return {last[1]}")
 
 
@@ -503,6 +571,10 @@ def main() -> None:
     run_p.add_argument(
         "--only", nargs="+", metavar="PATTERN", help="only the runs whose names match (fnmatch)"
     )
+    carry_p = sub.add_parser(
+        "carry", help="commit-sized carries of the grids' long unfinished runs (session end)"
+    )
+    carry_p.add_argument("grids", nargs="+", choices=sorted(GRIDS), metavar="GRID")
     status_p = sub.add_parser("status", help="where each run of the grid stands")
     status_p.add_argument("grid", choices=sorted(GRIDS))
     sub.add_parser("list", help="the grids and their runs")
@@ -510,6 +582,8 @@ def main() -> None:
     if args.command == "list":
         for name, make in GRIDS.items():
             print(f"{name}: {len(make())} runs")
+    elif args.command == "carry":
+        write_carries([run for grid in args.grids for run in GRIDS[grid]()])
     elif args.command == "status":
         status(GRIDS[args.grid]())
     else:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from benchmarks import grid
 
@@ -148,3 +150,84 @@ def test_the_subsampled_hopper_protocol_runs_all_share_one_server_arithmetic() -
     assert len({tuple(a for a in r.args if "compute-dtype" in a) for r in runs}) == 1
     full = [r for r in grid.hopper_ablation() if "-sub" not in r.name and "-bc-" not in r.name]
     assert not any("--server-arg=--compute-dtype=bfloat16" in r.args for r in full)
+
+
+def test_a_long_run_goes_on_from_its_carry_on_a_new_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expert stopped at a sitting's end: its carry (checkpoint with the newest transitions,
+    best actor) and archived files are all a new machine has, and the run goes on from the
+    carried step, not from 0; once finished, its carry is removed."""
+    import shutil
+    import subprocess
+
+    from agents.checkpoints import sac_checkpoint_store
+
+    monkeypatch.setattr(grid, "ARCHIVE", tmp_path / "archive")
+    monkeypatch.setattr(grid, "CARRY", tmp_path / "carry")
+    monkeypatch.setattr(grid, "CARRY_TRANSITIONS", 100)
+    args = (
+        "--env", "Hopper-v5", "--demos", "", "--reward", "env", "--sac-recipe", "expert",
+        "--start-steps", "300", "--chunk", "100", "--eval-every", "300", "--eval-episodes", "2",
+        "--hidden-sizes", "32", "32", "--batch-size", "64",
+    )  # fmt: skip
+
+    def train(run: grid.GridRun) -> None:
+        proc = subprocess.run(
+            run.command(), cwd=grid.REPO, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path / "machine1")
+    train(grid.GridRun("expert", args, steps=600))
+    run = grid.GridRun("expert", args, steps=900)
+    grid.write_carries([run])
+    carried = sac_checkpoint_store(run.run_dir).load_latest()
+    (tmp_path / "archive" / "expert").mkdir(parents=True)
+    for name in grid.CARRY_RUN_FILES:
+        shutil.copyfile(run.run_dir / name, tmp_path / "archive" / "expert" / name)
+
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path / "machine2")  # a new machine
+    assert grid.restore_carry(run)
+    assert not grid.restore_carry(run)  # the run is here now: its own files decide
+    assert "--resume" in run.command()
+    restored = sac_checkpoint_store(run.run_dir).load_latest()
+    assert restored.step == carried.step == 600
+    for name, weights in carried.state["algorithm"].items():
+        if isinstance(weights, torch.Tensor):
+            assert torch.equal(weights, restored.state["algorithm"][name]), name
+    assert int(restored.state["buffer"]["size"]) == 100
+    assert (run.run_dir / "best_actor.pt").exists()
+    train(run)
+
+    steps = [int(r.split(",")[0]) for r in (run.run_dir / "metrics.csv").read_text().split()[1:]]
+    assert steps == [300, 600, 900]
+    provenance = json.loads((run.run_dir / "provenance.json").read_text())
+    assert provenance["carries"] == [{"at_step": 600, "carried_buffer": 100}]
+    assert [s["from_step"] for s in provenance["sessions"]] == [0, 600]
+    final = sac_checkpoint_store(run.run_dir).load_latest()
+    assert final.step == 900 and int(final.state["buffer"]["size"]) == 100 + 300
+    grid.write_carries([run])
+    assert not (tmp_path / "carry" / "expert").exists()
+
+
+def test_runs_against_a_reward_server_are_not_carried(tmp_path: Path) -> None:
+    from agents.checkpoints import write_carry
+
+    (tmp_path / "server").mkdir()
+    with pytest.raises(ValueError, match="reward server"):
+        write_carry(tmp_path, tmp_path / "carry", keep=10)
+
+
+def test_the_newest_transitions_are_kept_in_insertion_order_when_the_buffer_wrapped() -> None:
+    from agents.checkpoints import newest_transitions
+
+    obs = np.arange(5, dtype=np.float64)[:, None]  # slots 0..4; slot 2 is the oldest
+    arrays = {"maxsize": np.array(5), "size": np.array(5), "insertion_idx": np.array(2)}
+    arrays.update({f"data/{f}": obs.copy() for f in ("obs", "obs_next", "rew", "act")})
+    arrays.update({f"data/{f}": np.zeros(5, bool) for f in ("terminated", "truncated", "done")})
+    arrays["data/info/x"] = obs.copy()
+    kept = newest_transitions(arrays, keep=3)
+    assert kept["data/obs"][:, 0].tolist() == [4.0, 0.0, 1.0]  # the three written last
+    assert kept["data/obs"].dtype == np.float32 and "data/info/x" not in kept
+    assert int(kept["size"]) == 3 and int(kept["insertion_idx"]) == 3
