@@ -65,6 +65,12 @@ class GridRun:
     def run_dir(self) -> Path:
         return GRID_ROOT / self.name
 
+    @property
+    def carried(self) -> bool:
+        """Whether the run can go on on the next machine (`write_carries`): SAC on the env's
+        own reward, with no reward server whose state would be lost."""
+        return "--reward" in self.args and self.args[self.args.index("--reward") + 1] == "env"
+
     def missing_demos(self) -> Path | None:
         """The demo store this run reads, when it is not there (yet)."""
         if "--demos" not in self.args:
@@ -499,7 +505,11 @@ def rebuild_runs_csv() -> None:
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "runs_csv.py")], check=False)
 
 
-def run_grid(runs: list[GridRun], parallel: int, nice: int) -> None:
+def run_grid(
+    runs: list[GridRun], parallel: int, nice: int, uncarried_start_by: float = float("inf")
+) -> None:
+    """Runs `runs` to the end, `parallel` at a time. After `uncarried_start_by` (time.time())
+    only runs that can be carried start: the others could not end before the machine does."""
     for run in runs:  # finished earlier, but a sitting ended before their after-steps
         lock = try_lock(run) if run.after and finished_in(run, run.run_dir) else None
         if lock is not None:
@@ -512,6 +522,9 @@ def run_grid(runs: list[GridRun], parallel: int, nice: int) -> None:
             run = pending.pop(0)
             if run.missing_demos() is not None:
                 print(f"{run.name}: waits for {run.missing_demos()}", flush=True)
+                continue
+            if not run.carried and time.time() > uncarried_start_by:
+                print(f"{run.name}: too late in this sitting to end, not started", flush=True)
                 continue
             lock = try_lock(run)
             if lock is None:
@@ -575,6 +588,13 @@ def main() -> None:
         "carry", help="commit-sized carries of the grids' long unfinished runs (session end)"
     )
     carry_p.add_argument("grids", nargs="+", choices=sorted(GRIDS), metavar="GRID")
+    run_p.add_argument(
+        "--uncarried-start-within",
+        type=float,
+        default=float("inf"),
+        metavar="MINUTES",
+        help="start runs that cannot be carried to the next machine only this long after now",
+    )
     status_p = sub.add_parser("status", help="where each run of the grid stands")
     status_p.add_argument("grid", choices=sorted(GRIDS))
     sub.add_parser("list", help="the grids and their runs")
@@ -590,7 +610,8 @@ def main() -> None:
         runs = [run for grid in args.grids for run in GRIDS[grid]()]
         if args.only:
             runs = [r for r in runs if any(fnmatch.fnmatch(r.name, p) for p in args.only)]
-        run_grid(runs, args.parallel, args.nice)
+        deadline = time.time() + 60 * args.uncarried_start_within
+        run_grid(runs, args.parallel, args.nice, deadline)
 
 
 if __name__ == "__main__":

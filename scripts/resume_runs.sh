@@ -3,7 +3,8 @@
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
 # DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
-# same recipe), the reference-recipe checks and the reference-recipe evidence; lane 2 the bf16
+# same recipe), the reference-recipe checks, the reference-recipe evidence and the experts
+# the other lane does not hold; lane 2 the bf16
 # server's learning-curve check (issue "Training cost"), the new tasks' experts (recorded and
 # verified as each finishes: their stores gate the new tasks' runs), a first SD2AIL run on
 # each new task whose demo store is committed, the Pendulum ablation, then the Pendulum CI
@@ -31,11 +32,14 @@ if ! git -C "$tree" checkout -q -f --detach "$head" 2>/dev/null; then
     git worktree add -q --detach "$tree" "$head"
 fi
 echo "runs execute $tree at $(git -C "$tree" rev-parse --short HEAD)"
+# A session's machine lives ~3 h and an imitation run (with its reward server, not carried to
+# the next machine) takes ~2 h beside another run: one started later than 55 min in would be
+# lost. After that a lane starts only runs that are carried (the experts).
 lane() {
     (cd "$tree" && SD2AIL_GRID_ROOT="$root" nohup "$python" benchmarks/grid.py run "$@" \
-        --parallel 1 >> "$root/../grid.log" 2>&1 &
+        --parallel 1 --uncarried-start-within 55 >> "$root/../grid.log" 2>&1 &
      echo "grid lane started (pid $!): $*")
 }
-lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence
+lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence experts
 lane hopper-expert-recipe hopper-cost experts new-tasks pendulum-ablation pendulum-ci
 echo "log: $root/../grid.log"

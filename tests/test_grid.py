@@ -231,3 +231,15 @@ def test_the_newest_transitions_are_kept_in_insertion_order_when_the_buffer_wrap
     assert kept["data/obs"][:, 0].tolist() == [4.0, 0.0, 1.0]  # the three written last
     assert kept["data/obs"].dtype == np.float32 and "data/info/x" not in kept
     assert int(kept["size"]) == 3 and int(kept["insertion_idx"]) == 3
+
+
+def test_late_in_a_sitting_only_runs_that_can_be_carried_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    imitation = grid.GridRun("i", ("--env", "Hopper-v5", "--reward", "learned"), steps=10)
+    assert not imitation.carried and not grid.hopper_ablation()[-1].carried
+    assert all(run.carried for run in grid.experts())
+    grid.run_grid([imitation], parallel=1, nice=0, uncarried_start_by=0.0)
+    assert "too late in this sitting" in capsys.readouterr().out
+    assert not imitation.run_dir.exists()
