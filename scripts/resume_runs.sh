@@ -18,6 +18,7 @@
 # `python benchmarks/runs_csv.py`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+make -s venv  # a new machine has no .venv: the lanes would fail at once
 repo="$(pwd)"
 python="$repo/.venv/bin/python"
 root="${SD2AIL_GRID_ROOT:-$HOME/sd2ail-runs/grid}"
