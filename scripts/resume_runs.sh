@@ -34,11 +34,12 @@ if ! git -C "$tree" checkout -q -f --detach "$head" 2>/dev/null; then
 fi
 echo "runs execute $tree at $(git -C "$tree" rev-parse --short HEAD)"
 # A session's machine lives ~3 h and an imitation run (with its reward server, not carried to
-# the next machine) takes ~2 h beside another run: one started later than 55 min in would be
-# lost. After that a lane starts only runs that are carried (the experts).
+# the next machine) takes ~2.4 h beside an expert (Hopper SD2AIL, 200k steps, 2026-12-01): one
+# started later than ~20 min in would be lost. After that a lane starts only runs that are
+# carried (the experts).
 lane() {
     (cd "$tree" && SD2AIL_GRID_ROOT="$root" nohup "$python" benchmarks/grid.py run "$@" \
-        --parallel 1 --uncarried-start-within 55 >> "$root/../grid.log" 2>&1 &
+        --parallel 1 --uncarried-start-within 20 >> "$root/../grid.log" 2>&1 &
      echo "grid lane started (pid $!): $*")
 }
 lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence experts
