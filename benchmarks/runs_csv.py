@@ -51,6 +51,8 @@ def archive(run_dir: Path) -> None:
     for name in RUN_FILES:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, target / name)
+        elif (target / name).exists():  # left by an earlier run of that name (restarted)
+            (target / name).unlink()
     if run_dir.name.startswith("expert-") and (run_dir / "learning_curve.png").exists():
         shutil.copyfile(run_dir / "learning_curve.png", target / "learning_curve.png")
     if run_finished(run_dir):

@@ -69,3 +69,19 @@ def test_ablation_groups_keep_protocols_recipes_and_controls_apart(
     assert groups["a"] == "diffail (every 20th pair)"
     assert groups["b"] == "sd2ail (expert recipe)"
     assert groups["c"] != groups["d"] and groups["d"].startswith("sac on the true reward")
+
+
+def test_a_restarted_run_leaves_no_file_of_the_lost_one_in_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run lost with its machine and started again: the archive mirrors the new run, so the
+    lost run's summary.json (its step count, best return) cannot pass for the new one's."""
+    monkeypatch.setattr(runs_csv, "ARCHIVE", tmp_path / "archive")
+    lost = write_run(tmp_path, "expert-Z-seed0", 1000, [10.0, 90.0])
+    (lost / "summary.json").write_text(json.dumps({"env_steps": 1000, "best_return": 90.0}))
+    runs_csv.archive(lost)
+    assert (tmp_path / "archive" / lost.name / "summary.json").exists()
+    (lost / "summary.json").unlink()  # the new run, part-way, has none yet
+    runs_csv.archive(lost)
+    assert not (tmp_path / "archive" / lost.name / "summary.json").exists()
+    assert (tmp_path / "archive" / lost.name / "metrics.csv").exists()
