@@ -102,8 +102,8 @@ from sd2ail_reward.spawn import LocalServer
 signal.signal(signal.SIGINT, signal.default_int_handler)
 flags = sys.argv[1:]
 with LocalServer(flags, log_path=os.environ["SERVER_LOG"]) as server:
-    print("SERVER_PID", server.pid, flush=True)
-    try:
+    try:  # announced inside the try: a signal sent as soon as the line is read is caught
+        print("SERVER_PID", server.pid, flush=True)
         while True:
             time.sleep(0.1)
     except KeyboardInterrupt:  # the signal reached this process; did it reach the server?
