@@ -431,9 +431,7 @@ def write_carries(runs: list[GridRun]) -> None:
                 shutil.rmtree(carry)
                 print(f"{run.name}: finished, its carry removed", flush=True)
             continue
-        if not (run.run_dir / "config.json").exists() or (run.run_dir / "server").exists():
-            continue
-        if not (run.run_dir / "checkpoints").exists():
+        if not run.carried or not (run.run_dir / "checkpoints").exists():
             continue
         counters = write_carry(run.run_dir, carry, keep=CARRY_TRANSITIONS)
         size = sum(f.stat().st_size for f in carry.iterdir()) / 1e6
@@ -445,6 +443,7 @@ def restore_carry(run: GridRun) -> bool:
     that `train --resume` goes on from the carried step; the sitting is noted in its
     provenance (`carried_buffer`: the transitions it kept)."""
     from agents.checkpoints import read_carry
+    from agents.run_files import write_json
 
     carry, archived = CARRY / run.name, ARCHIVE / run.name
     if (run.run_dir / "config.json").exists() or not (carry / "checkpoint.pt").exists():
@@ -461,7 +460,7 @@ def restore_carry(run: GridRun) -> bool:
     provenance.setdefault("carries", []).append(
         {"at_step": checkpoint.step, "carried_buffer": int(checkpoint.state["buffer"]["size"])}
     )
-    provenance_path.write_text(json.dumps(provenance, indent=2))
+    write_json(provenance_path, provenance)
     print(f"{run.name}: goes on from its carry at step {checkpoint.step}", flush=True)
     return True
 
@@ -505,6 +504,15 @@ def rebuild_runs_csv() -> None:
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "runs_csv.py")], check=False)
 
 
+def report_lost(run: GridRun) -> None:
+    """Says so when a run archived part-way on another machine, with no carry, starts again."""
+    archived = ARCHIVE / run.name / "summary.json"
+    if not (run.run_dir / "config.json").exists() and archived.exists():
+        steps = json.loads(archived.read_text())["env_steps"]
+        print(f"{run.name}: its checkpoints are gone (archived at {steps:.0f} steps); "
+              "it starts again from step 0", flush=True)  # fmt: skip
+
+
 def run_grid(
     runs: list[GridRun], parallel: int, nice: int, uncarried_start_by: float = float("inf")
 ) -> None:
@@ -530,15 +538,8 @@ def run_grid(
             if lock is None:
                 print(f"{run.name}: held by another runner, skipped", flush=True)
                 continue
-            lost = ARCHIVE / run.name / "summary.json"
-            if (
-                not restore_carry(run)
-                and not (run.run_dir / "config.json").exists()
-                and lost.exists()
-            ):
-                steps = json.loads(lost.read_text())["env_steps"]
-                print(f"{run.name}: its checkpoints are gone (archived at {steps:.0f} steps); "
-                      "it starts again from step 0", flush=True)  # fmt: skip
+            if not restore_carry(run):
+                report_lost(run)
             cmd = run.command()
             print(f"{time.strftime('%H:%M:%S')} start {run.name}: {' '.join(cmd)}", flush=True)
             log = (run.run_dir / "train.log").open("ab")

@@ -27,9 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.grid import GRID_ROOT, GRIDS, finished  # noqa: E402
+from benchmarks.grid import ARCHIVE, GRID_ROOT, GRIDS, finished  # noqa: E402
 
-ARCHIVE = REPO / "benchmarks" / "results" / "runs"
 RUNS_CSV = REPO / "benchmarks" / "results" / "runs.csv"
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "timings.json", "provenance.json")
 COLUMNS = (
