@@ -17,8 +17,12 @@ to itself. So each run's ms per env step is also taken from its log lines (`HH:M
 between `--rate-from-step` (past the random warm-up) and the moment the first run ended, while
 both ran (`overlap_ms_per_step`). `--reanalyse` recomputes those columns from the committed logs.
 
-Writes benchmarks/results/make_run_cost.csv, .png and each run's log
-(make_run_cost_<label>.log); prints the markdown table.
+`--alone` runs the commits one after the other instead, each with the machine to itself (stop
+every other run first), so wall time to exit compares the two on equal terms; each run's
+ms per env step is then taken from `--rate-from-step` to its own last progress line.
+
+Writes benchmarks/results/make_run_cost.csv (`--alone`: make_run_cost_alone.csv), .png and each
+run's log (<csv stem>_<label>.log); prints the markdown table.
 """
 
 from __future__ import annotations
@@ -102,6 +106,19 @@ def add_overlap_columns(rows: list[dict[str, object]], logs: list[str], from_ste
             row["overlap_baseline_over_candidate"] = round(ratio, 3)
 
 
+def add_alone_columns(rows: list[dict[str, object]], logs: list[str], from_step: int) -> None:
+    """Each run's ms per env step from `from_step` to its last progress line (it ran alone),
+    and the baseline's over the candidate's."""
+    for row, log in zip(rows, logs, strict=True):
+        rate = overlap_ms_per_step(log, from_step, float("inf"))
+        row["alone_ms_per_step"] = "" if rate is None else round(rate, 2)
+    rates = [row["alone_ms_per_step"] for row in rows]
+    if all(isinstance(r, float) for r in rates):
+        ratio = float(str(rates[0])) / float(str(rates[1]))
+        for row in rows:
+            row["alone_baseline_over_candidate"] = round(ratio, 3)
+
+
 def log_path(out: Path, label: object) -> Path:
     return out.with_name(f"{out.stem}_{label}.log")
 
@@ -165,7 +182,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--baseline", default="16cc029", help="main before the work (default: %(default)s)"
@@ -177,97 +194,136 @@ def main() -> None:
     p.add_argument("--extra", default="", help="arguments appended to both commands (smoke tests)")
     p.add_argument("--keep", action="store_true", help="keep the worktrees and their runs")
     p.add_argument(
-        "--rate-from-step", type=int, default=6000, help="overlap rate from this env step"
+        "--rate-from-step", type=int, default=6000, help="ms per env step from this env step"
     )
     p.add_argument("--reanalyse", action="store_true", help="overlap columns from the logs")
-    p.add_argument("--out", type=Path, default=RESULTS / "make_run_cost.csv")
+    p.add_argument("--alone", action="store_true", help="one run after the other (quiet machine)")
+    p.add_argument("--out", type=Path, default=None, help="default: results/make_run_cost.csv")
     args = p.parse_args()
+    if args.out is None:
+        args.out = RESULTS / ("make_run_cost_alone.csv" if args.alone else "make_run_cost.csv")
+    return args
+
+
+def prepare(args: argparse.Namespace, scratch: Path, bin_dir: Path) -> list[MakeRun]:
+    """A worktree and a `make run` command for the baseline and the candidate commit."""
+    runs = []
+    for label, rev in (("baseline", args.baseline), ("candidate", args.candidate)):
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", rev],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        tree = scratch / label
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(tree), commit],
+            check=True,
+        )
+        command = make_run_command(tree, bin_dir)
+        command += f" --steps {args.steps} --no-progress {args.extra}".rstrip()
+        runs.append(MakeRun(label, commit, tree, command))
+    return runs
+
+
+def execute(runs: list[MakeRun], alone: bool) -> None:
+    """Starts the runs at once, or (`alone`) each once the one before has ended; returns when
+    all have ended."""
+    for run in runs:
+        print(f"{run.label} {run.commit}: {run.command}", flush=True)
+        run.start()
+        while alone and run.wall_s is None:
+            run.poll()
+            time.sleep(1.0)
+    while any(run.wall_s is None for run in runs):
+        for run in runs:
+            run.poll()
+        time.sleep(1.0)
+
+
+def result_rows(
+    runs: list[MakeRun], args: argparse.Namespace, bin_dir: Path
+) -> list[dict[str, object]]:
+    """One row per run (its log written beside the CSV), with the two speedup columns."""
+    rows: list[dict[str, object]] = []
+    logs = []
+    for run in runs:
+        log = run.log_path.read_text().replace(str(bin_dir), "$BIN")
+        if run.returncode != 0:
+            raise RuntimeError(f"{run.label} failed ({run.returncode}):\n{log[-3000:]}")
+        logs.append(log)
+        log_path(args.out, run.label).write_text(log)
+        evals = read_metrics(sorted((run.tree / "runs").iterdir())[0])
+        assert run.wall_s is not None
+        rows.append(
+            {
+                "label": run.label,
+                "commit": run.commit,
+                "steps": args.steps,
+                "wall_s": round(run.wall_s, 1),
+                "env_steps_per_s": round(args.steps / run.wall_s, 2),
+                "eval_steps": " ".join(e["env_step"] for e in evals),
+                "eval_returns": " ".join(f"{float(e['eval_return_mean']):.0f}" for e in evals),
+                "make_run_command": " ".join(run.command.replace(str(bin_dir), "$BIN").split()),
+            }
+        )
+    speedup = float(str(rows[0]["wall_s"])) / float(str(rows[1]["wall_s"]))
+    for row in rows:
+        row["baseline_over_candidate"] = round(speedup, 3)
+    if args.alone:
+        add_alone_columns(rows, logs, args.rate_from_step)
+    else:
+        add_overlap_columns(rows, logs, args.rate_from_step)
+    return rows
+
+
+def print_table(rows: list[dict[str, object]], alone: bool, rate_from_step: int) -> None:
+    print("| run | commit | wall (s) | env steps / s | evaluations (step: return) |")
+    print("|---|---|---:|---:|---|")
+    for row in rows:
+        evals_text = ", ".join(
+            f"{int(s) / 1000:g}k: {r}"
+            for s, r in zip(
+                str(row["eval_steps"]).split(), str(row["eval_returns"]).split(), strict=True
+            )
+        )
+        print(
+            f"| {row['label']} | {row['commit']} | {row['wall_s']} | "
+            f"{row['env_steps_per_s']} | {evals_text} |"
+        )
+    rate = rows[0].get(f"{'alone' if alone else 'overlap'}_baseline_over_candidate", "?")
+    print(f"baseline / candidate wall time: {rows[0]['baseline_over_candidate']}x; "
+          f"per env step past step {rate_from_step}: {rate}x")  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
     if args.reanalyse:
         reanalyse(args.out, args.rate_from_step)
         return
     load_start = os.getloadavg()[0]
     bin_dir = Path(sys.executable).parent
     scratch = Path(tempfile.mkdtemp(prefix="make_run_cost-"))
-    runs: list[MakeRun] = []
     try:
-        for label, rev in (("baseline", args.baseline), ("candidate", args.candidate)):
-            commit = subprocess.run(
-                ["git", "-C", str(REPO), "rev-parse", "--short", rev],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            tree = scratch / label
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(tree), commit],
-                check=True,
-            )
-            command = make_run_command(tree, bin_dir)
-            command += f" --steps {args.steps} --no-progress {args.extra}".rstrip()
-            runs.append(MakeRun(label, commit, tree, command))
-        for run in runs:
-            print(f"{run.label} {run.commit}: {run.command}", flush=True)
-            run.start()
-        while any(run.wall_s is None for run in runs):
-            for run in runs:
-                run.poll()
-            time.sleep(1.0)
-        rows: list[dict[str, object]] = []
-        logs = []
-        for run in runs:
-            log = run.log_path.read_text().replace(str(bin_dir), "$BIN")
-            if run.returncode != 0:
-                raise RuntimeError(f"{run.label} failed ({run.returncode}):\n{log[-3000:]}")
-            logs.append(log)
-            log_path(args.out, run.label).write_text(log)
-            evals = read_metrics(sorted((run.tree / "runs").iterdir())[0])
-            assert run.wall_s is not None
-            rows.append(
-                {
-                    "label": run.label,
-                    "commit": run.commit,
-                    "steps": args.steps,
-                    "wall_s": round(run.wall_s, 1),
-                    "env_steps_per_s": round(args.steps / run.wall_s, 2),
-                    "eval_steps": " ".join(e["env_step"] for e in evals),
-                    "eval_returns": " ".join(f"{float(e['eval_return_mean']):.0f}" for e in evals),
-                    "make_run_command": " ".join(run.command.replace(str(bin_dir), "$BIN").split()),
-                }
-            )
-        speedup = float(str(rows[0]["wall_s"])) / float(str(rows[1]["wall_s"]))
-        for row in rows:
-            row["baseline_over_candidate"] = round(speedup, 3)
-        add_overlap_columns(rows, logs, args.rate_from_step)
+        runs = prepare(args, scratch, bin_dir)
+        execute(runs, args.alone)
+        rows = result_rows(runs, args, bin_dir)
         write_rows(args.out, rows, run_meta(load_start))
-        plot(rows, args.out.with_suffix(".png"))
-        print("| run | commit | wall (s) | env steps / s | evaluations (step: return) |")
-        print("|---|---|---:|---:|---|")
-        for row in rows:
-            evals_text = ", ".join(
-                f"{int(s) / 1000:g}k: {r}"
-                for s, r in zip(
-                    str(row["eval_steps"]).split(), str(row["eval_returns"]).split(), strict=True
-                )
-            )
-            print(
-                f"| {row['label']} | {row['commit']} | {row['wall_s']} | "
-                f"{row['env_steps_per_s']} | {evals_text} |"
-            )
-        print(f"baseline / candidate wall time: {speedup:.2f}x; per env step while both ran: "
-              f"{rows[0].get('overlap_baseline_over_candidate', '?')}x")  # fmt: skip
+        how = "one after the other" if args.alone else "side by side"
+        plot(rows, args.out.with_suffix(".png"), how)
+        print_table(rows, args.alone, args.rate_from_step)
     finally:
-        for run in runs:
-            if not args.keep:
+        if not args.keep:  # every worktree made, even when the second could not be
+            for tree in scratch.iterdir():
                 subprocess.run(
-                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(run.tree)],
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                     check=False,
                 )
-        if not args.keep:
             subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def plot(rows: list[dict[str, object]], path: Path) -> None:
+def plot(rows: list[dict[str, object]], path: Path, how: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,7 +333,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     labels = [f"{r['label']}\n{r['commit']}" for r in rows]
     ax_t.bar(labels, [float(str(r["wall_s"])) for r in rows], color=["0.6", "C0"])
     ax_t.set_ylabel("wall time (s)")
-    ax_t.set_title(f"make run, {rows[0]['steps']} env steps, side by side")
+    ax_t.set_title(f"make run, {rows[0]['steps']} env steps, {how}")
     for r in rows:
         steps = [int(s) for s in str(r["eval_steps"]).split()]
         returns = [float(x) for x in str(r["eval_returns"]).split()]

@@ -1,10 +1,15 @@
-"""`benchmarks/make_run_cost.py`'s per-step rate while two runs share the machine."""
+"""`benchmarks/make_run_cost.py`'s per-step rate, side by side and alone."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.make_run_cost import add_overlap_columns, overlap_ms_per_step, step_times
+from benchmarks.make_run_cost import (
+    add_alone_columns,
+    add_overlap_columns,
+    overlap_ms_per_step,
+    step_times,
+)
 
 BASELINE = """23:59:50 starting reward server
 23:59:58 step 6000 eval 939
@@ -36,3 +41,12 @@ def test_the_rate_counts_only_the_time_both_ran() -> None:
     short: list[dict[str, object]] = [{"label": "baseline"}, {"label": "candidate"}]
     add_overlap_columns(short, [BASELINE, "23:59:40 starting reward server\n"], from_step=6000)
     assert [row["overlap_ms_per_step"] for row in short] == ["", ""]
+
+
+def test_a_run_alone_is_rated_to_its_own_last_line() -> None:
+    # one after the other: the baseline's 9000 counts (nothing ran beside it)
+    rows: list[dict[str, object]] = [{"label": "baseline"}, {"label": "candidate"}]
+    add_alone_columns(rows, [BASELINE, CANDIDATE], from_step=6000)
+    assert rows[0]["alone_ms_per_step"] == pytest.approx(112.0 / 3, abs=0.01)
+    assert rows[1]["alone_ms_per_step"] == pytest.approx(25.0)
+    assert rows[0]["alone_baseline_over_candidate"] == pytest.approx(112.0 / 75, abs=1e-3)
