@@ -199,10 +199,21 @@ def hopper_cost() -> list[GridRun]:
     """Issue "Training cost": `make run`'s command with the reward server's forwards in bf16
     (autocast) and train pinned to one core, the server to the other (14.4 against 25.3 ms
     per env step in float32, unpinned), seed 0, beside hopper-expert-recipe's float32 seed 0:
-    this becomes `make run`'s setting only if its learning curve is no worse."""
+    this becomes `make run`'s setting only if its learning curve is no worse. Then `make run`
+    with SAC's trunks in bf16 too (`--sac-dtype bfloat16`): on the evening VM of 2026-12-01
+    SAC's update was most of `make run`'s env step (make_run_cost --alone: 1.59x, not 2x)."""
     base = hopper_expert_recipe()[0]
-    args = (*base.args, "--server-arg=--compute-dtype=bfloat16", "--pin-cores")
-    return [GridRun("hopper-sd2ail-1demo-expertrecipe-bf16-seed0", args, base.steps)]
+    server_bf16 = (*base.args, "--server-arg=--compute-dtype=bfloat16")
+    return [
+        GridRun(
+            "hopper-sd2ail-1demo-expertrecipe-bf16-seed0", (*server_bf16, "--pin-cores"), base.steps
+        ),
+        GridRun(
+            "hopper-sd2ail-1demo-expertrecipe-bf16-sacbf16-seed0",
+            (*server_bf16, "--sac-dtype", "bfloat16"),
+            base.steps,
+        ),
+    ]
 
 
 def sd2ail_run(name: str, num_demos: int, ratio: str, *extra: str) -> GridRun:

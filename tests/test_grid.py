@@ -71,12 +71,20 @@ def test_runs_differing_in_a_recipe_setting_are_separate_configurations() -> Non
 def test_a_bf16_server_run_is_a_configuration_of_its_own() -> None:
     from benchmarks.runs_csv import extra_terms
 
-    (bf16,) = grid.hopper_cost()
+    bf16, sac_bf16 = grid.hopper_cost()
     fp32 = grid.hopper_expert_recipe()[0]
     assert set(bf16.args) - set(fp32.args) == {
         "--server-arg=--compute-dtype=bfloat16",
         "--pin-cores",
     }
+    # `make run`'s command (no pinning) with SAC's trunks in bf16 as well
+    assert set(sac_bf16.args) - set(fp32.args) == {
+        "--server-arg=--compute-dtype=bfloat16",
+        "--sac-dtype",
+        "bfloat16",
+    }
+    both = {"sac_dtype": "bfloat16", "server_args": ["--compute-dtype=bfloat16"]}
+    assert extra_terms(both) == "server bf16;SAC bf16"
     assert extra_terms({"sac_dtype": "bfloat16"}) == "SAC bf16"
     assert extra_terms({"sac_dtype": "float32"}) == "none"
     config = {"server_args": [a.split("=", 1)[1] for a in bf16.args if "--server-arg" in a]}
