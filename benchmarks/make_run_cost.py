@@ -87,36 +87,36 @@ def overlap_ms_per_step(log: str, from_step: int, until_s: float) -> float | Non
     return 1e3 * (t1 - t0) / (s1 - s0)
 
 
+def add_rate_columns(
+    rows: list[dict[str, object]], logs: list[str], from_step: int, kind: str, until_s: float
+) -> None:
+    """`<kind>_ms_per_step` of each run from `from_step` to its last progress line at or before
+    `until_s`, and `<kind>_baseline_over_candidate`."""
+    for row, log in zip(rows, logs, strict=True):
+        rate = overlap_ms_per_step(log, from_step, until_s)
+        row[f"{kind}_ms_per_step"] = "" if rate is None else round(rate, 2)
+    rates = [row[f"{kind}_ms_per_step"] for row in rows]
+    if all(isinstance(r, float) for r in rates):
+        ratio = float(str(rates[0])) / float(str(rates[1]))
+        for row in rows:
+            row[f"{kind}_baseline_over_candidate"] = round(ratio, 3)
+
+
 def add_overlap_columns(rows: list[dict[str, object]], logs: list[str], from_step: int) -> None:
-    """`overlap_ms_per_step` of each run until the first run's last progress line, and the
-    baseline's over the candidate's."""
+    """Side by side: each run's rate until the first run's last progress line (after it, the
+    other had the machine to itself)."""
     timelines = [step_times(log) for log in logs]
     if not all(timelines):  # a run too short to log its progress (every 30 s)
         for row in rows:
             row["overlap_ms_per_step"] = ""
         return
     until = min(points[-1][0] for points in timelines)
-    for row, log in zip(rows, logs, strict=True):
-        rate = overlap_ms_per_step(log, from_step, until)
-        row["overlap_ms_per_step"] = "" if rate is None else round(rate, 2)
-    rates = [row["overlap_ms_per_step"] for row in rows]
-    if all(isinstance(r, float) for r in rates):
-        ratio = float(str(rates[0])) / float(str(rates[1]))
-        for row in rows:
-            row["overlap_baseline_over_candidate"] = round(ratio, 3)
+    add_rate_columns(rows, logs, from_step, "overlap", until)
 
 
 def add_alone_columns(rows: list[dict[str, object]], logs: list[str], from_step: int) -> None:
-    """Each run's ms per env step from `from_step` to its last progress line (it ran alone),
-    and the baseline's over the candidate's."""
-    for row, log in zip(rows, logs, strict=True):
-        rate = overlap_ms_per_step(log, from_step, float("inf"))
-        row["alone_ms_per_step"] = "" if rate is None else round(rate, 2)
-    rates = [row["alone_ms_per_step"] for row in rows]
-    if all(isinstance(r, float) for r in rates):
-        ratio = float(str(rates[0])) / float(str(rates[1]))
-        for row in rows:
-            row["alone_baseline_over_candidate"] = round(ratio, 3)
+    """One after the other: each run's rate to its own last progress line."""
+    add_rate_columns(rows, logs, from_step, "alone", float("inf"))
 
 
 def log_path(out: Path, label: object) -> Path:
