@@ -55,6 +55,9 @@ class RecordArgs:
     """Actor to use: best_actor.pt or actor.pt."""
     min_return: float | None = None
     """Exit with status 1 when the mean recorded return is below this."""
+    full_episodes: bool = False
+    """Exit with status 1 when an episode ended before its time limit (the expert fell): a
+    store of whole episodes only (an expert that falls 1 time in 20 still passes --min-return)."""
     threads: int = 1
     """torch.set_num_threads."""
 
@@ -139,10 +142,27 @@ def record(args: RecordArgs) -> np.ndarray:
         returns.max(),
         len(returns),
     )
+    failed = False
     if args.min_return is not None and returns.mean() < args.min_return:
         log.error("mean recorded return %.1f < --min-return %.1f", returns.mean(), args.min_return)
+        failed = True
+    if args.full_episodes:
+        fell = terminated_episodes(out)
+        if fell:
+            log.error("%d of %d episodes ended before the time limit (store indices %s; "
+                      "--full-episodes)", len(fell), len(returns), fell)  # fmt: skip
+            failed = True
+    if failed:
         raise SystemExit(1)
     return returns
+
+
+def terminated_episodes(store: Path) -> list[int]:
+    """Store indices of the episodes that terminated (rather than hit the time limit)."""
+    from sd2ail_reward.demos import read_demos
+
+    demos = read_demos(store)
+    return [i for i, rows in enumerate(demos.episode_slices()) if demos.terminated[rows].any()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

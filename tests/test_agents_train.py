@@ -793,3 +793,19 @@ def test_policy_regulariser_adds_rlkits_term_to_the_actor_loss() -> None:
     regulariser()  # the last forward (the mu above)
     with pytest.raises(RuntimeError):
         regulariser()  # consumed: a step without a fresh actor forward is refused
+
+
+def test_a_resume_may_raise_the_target_and_keeps_it(tmp_path: Path) -> None:
+    """An expert whose recorded demos fell short trains on toward a target given again."""
+    from dataclasses import asdict
+
+    from agents.recipes import TrainArgs
+    from agents.train import resumed_args
+
+    started = TrainArgs(run_dir=str(tmp_path), env="Walker2d-v5", target_return=4500.0)
+    (tmp_path / "config.json").write_text(json.dumps(asdict(started)))
+    plain = resumed_args(TrainArgs(run_dir=str(tmp_path), resume=True, steps=2_000_000))
+    assert plain.target_return == 4500.0 and plain.env == "Walker2d-v5"
+    assert plain.steps == 2_000_000
+    raised = TrainArgs(run_dir=str(tmp_path), resume=True, target_return=4700.0)
+    assert resumed_args(raised).target_return == 4700.0

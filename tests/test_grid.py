@@ -54,7 +54,22 @@ def test_every_expert_is_recorded_against_its_floor_then_verified() -> None:
         env = run.name.split("-")[1] + "-v5"
         assert record[:2] == ("demos", "record") and verify[:2] == ("demos", "verify")
         assert record[record.index("--min-return") + 1] == str(grid.EXPERT_FLOORS[env])
+        assert "--full-episodes" in record  # 40 x 1000 steps: a fall refuses the store
         assert verify[-1] == record[record.index("--out") + 1]
+
+
+def test_a_started_run_resumes_toward_the_grid_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target raised in the grid after the run started reaches the resumed run."""
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    run = grid.GridRun("expert", ("--env", "Walker2d-v5"), steps=1000, target=4700.0)
+    assert run.command()[-2:] == ["--target-return", "4700.0"]
+    run.run_dir.mkdir()
+    (run.run_dir / "config.json").write_text("{}")
+    resumed = run.command()
+    assert "--resume" in resumed and "Walker2d-v5" not in resumed  # the stored config
+    assert resumed[-2:] == ["--target-return", "4700.0"]
 
 
 def test_runs_differing_in_a_recipe_setting_are_separate_configurations() -> None:

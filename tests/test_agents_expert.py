@@ -1,0 +1,74 @@
+"""`sd2ail-reward demos record`: a store of whole episodes, or an exit status that says why not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.actors import save_actor
+from agents.expert import RecordArgs, record, terminated_episodes
+from agents.networks import make_actor
+from sd2ail_reward.demos import read_demos
+
+
+def untrained_expert_run(run_dir: Path, env_id: str) -> Path:
+    """The files `record` reads from a training run, with an untrained actor."""
+    env = gym.make(env_id)
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    torch.manual_seed(0)
+    actor = make_actor(obs_space.shape, act_space.shape, [16, 16])
+    spec = {
+        "env_id": env_id,
+        "obs_shape": list(obs_space.shape),
+        "action_shape": list(act_space.shape),
+        "hidden_sizes": [16, 16],
+        "action_low": act_space.low.tolist(),
+        "action_high": act_space.high.tolist(),
+    }
+    run_dir.mkdir()
+    (run_dir / "actor_spec.json").write_text(json.dumps(spec))
+    (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
+    info = {"env_step": 1000, "eval_return_mean": 0.0, "eval_return_std": 0.0}
+    save_actor(run_dir, "best_actor", actor, info)
+    return run_dir
+
+
+def test_an_expert_that_falls_is_refused_under_full_episodes(tmp_path: Path) -> None:
+    # an untrained Hopper falls within a few dozen steps: every episode terminates
+    run_dir = untrained_expert_run(tmp_path / "hopper", "Hopper-v5")
+    store = tmp_path / "hopper.zarr"
+    args = RecordArgs(run_dir=str(run_dir), out=str(store), episodes=3)
+    returns = record(args)  # without the flag it records what it gets
+    assert len(returns) == 3
+    assert terminated_episodes(store) == [0, 1, 2]
+    with pytest.raises(SystemExit) as exit_info:
+        record(RecordArgs(run_dir=str(run_dir), out=str(store), episodes=3, full_episodes=True))
+    assert exit_info.value.code == 1
+
+
+def test_whole_episodes_pass_full_episodes(tmp_path: Path) -> None:
+    # Pendulum never terminates: every episode runs to its 200-step time limit
+    run_dir = untrained_expert_run(tmp_path / "pendulum", "Pendulum-v1")
+    store = tmp_path / "pendulum.zarr"
+    returns = record(
+        RecordArgs(run_dir=str(run_dir), out=str(store), episodes=2, full_episodes=True)
+    )
+    demos = read_demos(store)
+    assert terminated_episodes(store) == []
+    assert demos.n_episodes == 2 and list(np.diff(demos.episode_ends, prepend=0)) == [200, 200]
+    assert len(returns) == 2
+    # --min-return still applies beside it: whole episodes under the bar fail
+    with pytest.raises(SystemExit):
+        record(
+            RecordArgs(
+                run_dir=str(run_dir), out=str(store), episodes=2, full_episodes=True,
+                min_return=float(returns.mean()) + 1.0,
+            )
+        )  # fmt: skip
