@@ -4,12 +4,11 @@
 # Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
 # DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
 # same recipe), the reference-recipe checks, the reference-recipe evidence and the experts
-# the other lane does not hold; lane 2 the bf16
-# server's learning-curve check (issue "Training cost"), the new tasks' experts (recorded and
-# verified as each finishes: their stores gate the new tasks' runs), a first SD2AIL run on
-# each new task whose demo store is committed, the Pendulum ablation, then the Pendulum CI
-# calibration. A run
-# locked by the other lane is left to it. Runs live in $SD2AIL_GRID_ROOT (default
+# the other lane does not hold; lane 2 the bf16 learning-curve checks (issue "Training cost"),
+# a first SD2AIL run on each new task whose demo store is committed, the new tasks' experts
+# (recorded and verified as each finishes: their stores gate the new tasks' runs), the
+# Pendulum ablation, then the Pendulum CI calibration. A run locked by the other lane is left
+# to it. Runs live in $SD2AIL_GRID_ROOT (default
 # ~/sd2ail-runs/grid); the log goes beside them.
 #
 # The runs execute the code of a detached git worktree at this checkout's HEAD (../runner
@@ -43,5 +42,7 @@ lane() {
      echo "grid lane started (pid $!): $*")
 }
 lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence experts
-lane hopper-expert-recipe hopper-cost experts new-tasks pendulum-ablation pendulum-ci
+# new-tasks before experts: an expert is carried and would hold the lane the whole sitting, so
+# an imitation run behind it (uncarried, started only early in a sitting) would never start
+lane hopper-expert-recipe hopper-cost new-tasks experts pendulum-ablation pendulum-ci
 echo "log: $root/../grid.log"
