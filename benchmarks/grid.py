@@ -321,10 +321,11 @@ def experts() -> list[GridRun]:
     `<run dir>/<env>.zarr` (refused below the floor, or when an episode falls before its
     1,000 steps: the issue asks for 40 x 1,000) and verified by replay, ready to be copied to
     demos/ and committed. An expert refused for a fall trains on once its target here is
-    raised (a started run resumes toward the grid's target). With no server, SAC's update is nearly all of an expert's
-    cost, so on a CPU with native bf16 its trunks compute in bf16 (Ant-v5: 1.72x cheaper
-    updates, 1.55x less wall time; the recorded episodes run the float32 actor). A run started
-    earlier resumes with the arithmetic it started with (its config.json)."""
+    raised (a started run resumes toward the grid's target). With no server, SAC's update is
+    nearly all of an expert's cost, so on a CPU with native bf16 its trunks compute in bf16
+    (Ant-v5: 1.72x cheaper updates, 1.55x less wall time; the recorded episodes run the
+    float32 actor). A run started earlier resumes with the arithmetic it started with (its
+    config.json)."""
     sac_bf16 = ("--sac-dtype", "bfloat16") if cpu_bf16_supported() else ()
     return [
         GridRun(
@@ -555,6 +556,8 @@ def run_grid(
                 continue
             if not restore_carry(run):
                 report_lost(run)
+            # a run trained on (its target raised) is recorded again when it ends
+            (run.run_dir / ".after-done").unlink(missing_ok=True)
             cmd = run.command()
             print(f"{time.strftime('%H:%M:%S')} start {run.name}: {' '.join(cmd)}", flush=True)
             log = (run.run_dir / "train.log").open("ab")

@@ -48,6 +48,26 @@ def test_an_unfinished_run_gets_no_after_steps(
     assert not (run.run_dir / ".after-done").exists()
 
 
+def test_a_run_trained_on_is_recorded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded at its first target, then started again toward a raised one: its after-steps
+    must run again when it ends, so the marker of the first recording goes."""
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    monkeypatch.setattr(grid, "rebuild_runs_csv", lambda: None)
+    run = finished_run(tmp_path, after=(("--help",),))
+    grid.run_after_steps(run)
+    assert (run.run_dir / ".after-done").exists()
+    raised = grid.GridRun(run.name, run.args, steps=run.steps, target=1.0, after=run.after)
+    (run.run_dir / "summary.json").write_text(json.dumps({"env_steps": 5, "best_return": 0}))
+    # a stored config `train --resume` refuses at once: the run ends in failure, unrecorded
+    (run.run_dir / "config.json").write_text(json.dumps({"algo": "sd2ail", "no_such_flag": 1}))
+    assert not grid.finished(raised)
+    grid.run_grid([raised], parallel=1, nice=0)
+    assert "no_such_flag" in (run.run_dir / "train.log").read_text()
+    assert not (run.run_dir / ".after-done").exists()
+
+
 def test_every_expert_is_recorded_against_its_floor_then_verified() -> None:
     for run in grid.experts():
         record, verify = run.after
