@@ -606,7 +606,7 @@ def main() -> None:
     carry_p = sub.add_parser(
         "carry", help="commit-sized carries of the grids' long unfinished runs (session end)"
     )
-    carry_p.add_argument("grids", nargs="+", choices=sorted(GRIDS), metavar="GRID")
+    carry_p.add_argument("grids", nargs="*", metavar="GRID", help="default: every grid")
     run_p.add_argument(
         "--uncarried-start-within",
         type=float,
@@ -622,7 +622,10 @@ def main() -> None:
         for name, make in GRIDS.items():
             print(f"{name}: {len(make())} runs")
     elif args.command == "carry":
-        write_carries([run for grid in args.grids for run in GRIDS[grid]()])
+        if unknown := sorted(set(args.grids) - set(GRIDS)):
+            parser.error(f"unknown grids {unknown}; the grids: {sorted(GRIDS)}")
+        runs = [run for grid in args.grids or GRIDS for run in GRIDS[grid]()]
+        write_carries(list({run.name: run for run in runs}.values()))
     elif args.command == "status":
         status(GRIDS[args.grid]())
     else:

@@ -3,8 +3,8 @@
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
 # DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
-# same recipe), the reference-recipe checks, the reference-recipe evidence and the experts
-# the other lane does not hold; lane 2 the bf16 learning-curve checks (issue "Training cost"),
+# same recipe), the experts the other lane does not hold, the reference-recipe checks and the
+# reference-recipe evidence; lane 2 the bf16 learning-curve checks (issue "Training cost"),
 # a first SD2AIL run on each new task whose demo store is committed, the new tasks' experts
 # (recorded and verified as each finishes: their stores gate the new tasks' runs), the
 # Pendulum ablation, then the Pendulum CI calibration. A run locked by the other lane is left
@@ -41,7 +41,9 @@ lane() {
         --parallel 1 --uncarried-start-within 20 >> "$root/../grid.log" 2>&1 &
      echo "grid lane started (pid $!): $*")
 }
-lane hopper-expert-recipe hopper-ablation hopper-recipe-check hopper-evidence experts
+# experts before the reference-recipe checks: late in a sitting the lane should take an
+# expert (issue 17 waits on them), not a 100k-step recipe check
+lane hopper-expert-recipe hopper-ablation experts hopper-recipe-check hopper-evidence
 # new-tasks before experts: an expert is carried and would hold the lane the whole sitting, so
 # an imitation run behind it (uncarried, started only early in a sitting) would never start
 lane hopper-expert-recipe hopper-cost new-tasks experts pendulum-ablation pendulum-ci
