@@ -29,8 +29,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    # Started before this module opens any gRPC channel (Ray forks its daemons).
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Started before this module opens any gRPC channel (Ray forks its daemons). Ray waits 30 s
+    # for its GCS server to publish its port; on two cores busy with training runs that start
+    # took longer (CI, 2026-12-01), so the wait is 120 s unless the caller set it.
+    wait_key = "RAY_gcs_server_port_wait_time_s"
+    caller_wait = os.environ.get(wait_key)
+    os.environ[wait_key] = caller_wait or "120"
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        if caller_wait is None:
+            del os.environ[wait_key]
     yield
     ray.shutdown()
 
