@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.actors import save_actor
+from agents.actors import actor_spec, save_actor
 from agents.expert import RecordArgs, record, terminated_episodes
 from agents.networks import make_actor
+from agents.recipes import TrainArgs
 from sd2ail_reward.demos import read_demos
 
 
@@ -24,14 +25,7 @@ def untrained_expert_run(run_dir: Path, env_id: str) -> Path:
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
     torch.manual_seed(0)
     actor = make_actor(obs_space.shape, act_space.shape, [16, 16])
-    spec = {
-        "env_id": env_id,
-        "obs_shape": list(obs_space.shape),
-        "action_shape": list(act_space.shape),
-        "hidden_sizes": [16, 16],
-        "action_low": act_space.low.tolist(),
-        "action_high": act_space.high.tolist(),
-    }
+    spec = actor_spec(TrainArgs(env=env_id, hidden_sizes=(16, 16)), obs_space, act_space)
     run_dir.mkdir()
     (run_dir / "actor_spec.json").write_text(json.dumps(spec))
     (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
