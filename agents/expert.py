@@ -58,6 +58,11 @@ class RecordArgs:
     full_episodes: bool = False
     """Exit with status 1 when an episode ended before its time limit (the expert fell): a
     store of whole episodes only (an expert that falls 1 time in 20 still passes --min-return)."""
+    max_fallen: int | None = None
+    """Leave out up to this many episodes that ended before the time limit, trying the next
+    reset seeds until --episodes whole ones are stored; their seeds, lengths and returns go in
+    the store's provenance and the expert's json (the unfiltered mean beside the stored one).
+    More falls: exit status 1, nothing written."""
     threads: int = 1
     """torch.set_num_threads."""
 
@@ -68,7 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> RecordArgs:
 
 
 def record(args: RecordArgs) -> np.ndarray:
-    from sd2ail_reward.demo_replay import record_episodes  # only `record` needs the library
+    # only `record` needs the library
+    from sd2ail_reward.demo_replay import TooManyFallsError, record_episodes
+    from sd2ail_reward.demos import read_demos
 
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
@@ -101,17 +108,24 @@ def record(args: RecordArgs) -> np.ndarray:
         attrs["expert_training_steps"],
         out,
     )
-    returns = np.asarray(
-        record_episodes(
-            env_id,
-            deterministic_policy_fn(policy),
-            path=out,
-            n_episodes=args.episodes,
-            first_seed=args.first_seed,
-            attrs=attrs,
-            overwrite=True,
+    try:
+        returns = np.asarray(
+            record_episodes(
+                env_id,
+                deterministic_policy_fn(policy),
+                path=out,
+                n_episodes=args.episodes,
+                first_seed=args.first_seed,
+                attrs=attrs,
+                overwrite=True,
+                max_fallen=args.max_fallen,
+            )
         )
-    )
+    except TooManyFallsError as error:
+        log.error("%s (--max-fallen %d); no store written", error, args.max_fallen)
+        raise SystemExit(1) from error
+    discarded = read_demos(out).attrs.get("discarded_fallen_episodes", [])
+    attempted = np.concatenate([returns, [float(d["return"]) for d in discarded]])
 
     with atomic_path(out.parent / f"{env_id}.expert.pt") as tmp:
         shutil.copyfile(weights_path, tmp)
@@ -129,6 +143,8 @@ def record(args: RecordArgs) -> np.ndarray:
             "recorded_first_seed": args.first_seed,
             "recorded_return_mean": float(returns.mean()),
             "recorded_return_std": float(returns.std()),
+            "discarded_fallen_episodes": discarded,
+            "attempted_return_mean": float(attempted.mean()),
             "torch_version": torch.__version__,
             "gymnasium_version": gym.__version__,
             "demo_store": out.name,
@@ -142,6 +158,14 @@ def record(args: RecordArgs) -> np.ndarray:
         returns.max(),
         len(returns),
     )
+    if discarded:
+        log.info(
+            "left out %d fallen episodes %s; mean over all %d tried %.1f",
+            len(discarded),
+            discarded,
+            len(attempted),
+            attempted.mean(),
+        )
     failed = False
     if args.min_return is not None and returns.mean() < args.min_return:
         log.error("mean recorded return %.1f < --min-return %.1f", returns.mean(), args.min_return)

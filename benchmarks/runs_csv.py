@@ -303,6 +303,13 @@ def tasks_markdown(rows: list[dict[str, Any]]) -> str:
                 f"{store_megabytes(store):.1f} MB"
             )
             return_cell = f"{returns.mean():.0f} +- {returns.std():.0f}"
+            fell = demos.attrs.get("discarded_fallen_episodes", [])
+            if fell:  # the store holds whole episodes only: say what the expert did unfiltered
+                tried = [*returns, *(d["return"] for d in fell)]
+                return_cell += (
+                    f"; left out: {len(fell)} of {len(tried)} tried, fallen "
+                    f"(mean of all {len(tried)}: {np.mean(tried):.0f})"
+                )
             trained = demos.attrs.get("expert_training_steps")
             trained_cell = f"{int(trained) // 1000}k env steps" if trained else "-"
         else:

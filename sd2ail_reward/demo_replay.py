@@ -150,6 +150,10 @@ def verify_demos(
     )
 
 
+class TooManyFallsError(ValueError):
+    """More episodes terminated than `record_episodes(max_fallen=...)` allows; nothing written."""
+
+
 def record_episodes(
     env_id: str,
     policy: Callable[[npt.NDArray[Any]], npt.ArrayLike],
@@ -160,16 +164,26 @@ def record_episodes(
     attrs: Mapping[str, Any] | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    max_fallen: int | None = None,
 ) -> npt.NDArray[np.float64]:
     """Roll out a deterministic `policy(obs) -> action` and write the episodes to `path`.
 
-    Episode j is reset with seed ``first_seed + j`` and runs until the env terminates or
-    truncates. Actions are clipped to the action space and stored as float32 exactly as passed
-    to ``env.step``, so ``verify_demos`` replays them bit for bit. `env_kwargs` go to
-    ``gym.make`` and are stored (verify replays with them). Returns each episode's return.
+    Episodes are reset with seeds ``first_seed``, ``first_seed + 1``, ... and run until the env
+    terminates or truncates. Actions are clipped to the action space and stored as float32
+    exactly as passed to ``env.step``, so ``verify_demos`` replays them bit for bit.
+    `env_kwargs` go to ``gym.make`` and are stored (verify replays with them). Returns each
+    stored episode's return.
+
+    With `max_fallen` set, a store of whole episodes: an episode that terminates (the expert
+    fell) is left out and the next seed is tried until `n_episodes` are kept. Each left-out
+    episode's seed, length and return is stored in the provenance
+    (``discarded_fallen_episodes``), so the store says how it was filtered and what the
+    expert's unfiltered return was; more than `max_fallen` falls raise TooManyFallsError.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if max_fallen is not None and max_fallen < 0:
+        raise ValueError(f"max_fallen must be >= 0, got {max_fallen}")
     kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
     env = gym.make(env_id, **kwargs)
     try:
@@ -177,9 +191,11 @@ def record_episodes(
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"{env_id}: need a 1-D Box action space, got {space}")
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-        episodes = []
-        for j in range(n_episodes):
-            seed = first_seed + j
+        episodes: list[Episode] = []
+        discarded: list[dict[str, float | int]] = []
+        seed = first_seed - 1
+        while len(episodes) < n_episodes:
+            seed += 1
             obs, _ = env.reset(seed=seed)
             rows: dict[str, list[Any]] = {k: [] for k in DATA_KEYS}
             while True:
@@ -195,7 +211,19 @@ def record_episodes(
                 obs = nxt
                 if term or trunc:
                     break
-            episodes.append(Episode(**{k: np.asarray(v) for k, v in rows.items()}, reset_seed=seed))
+            episode = Episode(**{k: np.asarray(v) for k, v in rows.items()}, reset_seed=seed)
+            if max_fallen is not None and bool(episode.terminated[-1]):
+                discarded.append(
+                    {"reset_seed": seed, "steps": len(episode.reward),
+                     "return": float(episode.reward.astype(np.float32).sum(dtype=np.float64))}
+                )  # fmt: skip
+                if len(discarded) > max_fallen:
+                    raise TooManyFallsError(
+                        f"{env_id}: {len(discarded)} of {len(episodes) + len(discarded)} "
+                        f"episodes terminated (max_fallen={max_fallen}): {discarded}"
+                    )
+                continue
+            episodes.append(episode)
     finally:
         env.close()
     provenance = {
@@ -205,5 +233,8 @@ def record_episodes(
         "action_high": high.tolist(),
         "recorded_with": "sd2ail_reward.demo_replay.record_episodes",
     }
+    if max_fallen is not None:
+        provenance["max_fallen"] = max_fallen
+        provenance["discarded_fallen_episodes"] = discarded
     write_episodes(path, episodes, env_id=env_id, attrs=provenance, overwrite=overwrite)
     return np.array([ep.reward.astype(np.float32).sum(dtype=np.float64) for ep in episodes])

@@ -66,3 +66,22 @@ def test_whole_episodes_pass_full_episodes(tmp_path: Path) -> None:
                 min_return=float(returns.mean()) + 1.0,
             )
         )  # fmt: skip
+
+
+def test_max_fallen_refuses_an_expert_that_keeps_falling(tmp_path: Path) -> None:
+    run_dir = untrained_expert_run(tmp_path / "hopper", "Hopper-v5")
+    store = tmp_path / "hopper.zarr"
+    with pytest.raises(SystemExit) as exit_info:
+        record(RecordArgs(run_dir=str(run_dir), out=str(store), episodes=2, max_fallen=3))
+    assert exit_info.value.code == 1
+    assert not store.exists()  # 4 falls in 4 tries: nothing written
+
+
+def test_max_fallen_writes_the_unfiltered_mean_beside_the_stored_one(tmp_path: Path) -> None:
+    run_dir = untrained_expert_run(tmp_path / "pendulum", "Pendulum-v1")
+    store = tmp_path / "pendulum.zarr"
+    returns = record(RecordArgs(run_dir=str(run_dir), out=str(store), episodes=2, max_fallen=1))
+    expert = json.loads((tmp_path / "Pendulum-v1.expert.json").read_text())
+    assert expert["discarded_fallen_episodes"] == []  # Pendulum never terminates
+    assert expert["attempted_return_mean"] == pytest.approx(float(returns.mean()))
+    assert read_demos(store).attrs["max_fallen"] == 1

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import zarr
 
-from sd2ail_reward.demo_replay import inspect_demos, record_episodes, verify_demos
+from sd2ail_reward.demo_replay import (
+    TooManyFallsError,
+    inspect_demos,
+    record_episodes,
+    verify_demos,
+)
 from sd2ail_reward.demos import DemoSet, Episode, read_demos, write_episodes
 
 OBS, ACT = 4, 2
@@ -251,6 +257,52 @@ def test_record_verify_and_tamper(tmp_path: Path) -> None:
     assert read_demos(path).attrs["episode_returns"][-1] == pytest.approx(float(more[0]))
     with pytest.raises(ValueError, match="env_kwargs"):
         record_episodes("Hopper-v5", linear_policy, path=path, n_episodes=1)
+
+
+class FallsOnSeeds:
+    """A Hopper policy that stands (zero torque: >120 steps) except on the given reset seeds,
+    where it pushes every joint to -1 and falls within ~6 steps."""
+
+    def __init__(self, falling_seeds: set[int], seeds: range) -> None:
+        env = gym.make("Hopper-v5")
+        self.falls_from = {env.reset(seed=s)[0].tobytes(): s in falling_seeds for s in seeds}
+        env.close()
+        self.falling = False
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        self.falling = self.falls_from.get(obs.tobytes(), self.falling)  # a reset's first obs
+        return np.full(3, -1.0 if self.falling else 0.0)
+
+
+def test_max_fallen_stores_whole_episodes_and_says_which_fell(tmp_path: Path) -> None:
+    path = tmp_path / "hopper.zarr"
+    kwargs = {"max_episode_steps": 50}
+    returns = record_episodes(
+        "Hopper-v5", FallsOnSeeds({21, 23}, range(20, 30)), path=path, n_episodes=3,
+        first_seed=20, env_kwargs=kwargs, max_fallen=2,
+    )  # fmt: skip
+    demos = read_demos(path)
+    assert demos.reset_seeds.tolist() == [20, 22, 24]  # 21 and 23 fell and were left out
+    assert not demos.terminated.any()
+    assert list(np.diff(demos.episode_ends, prepend=0)) == [50, 50, 50]
+    np.testing.assert_allclose(demos.episode_returns, returns)
+    discarded = demos.attrs["discarded_fallen_episodes"]
+    assert [d["reset_seed"] for d in discarded] == [21, 23]
+    assert all(d["steps"] < 50 for d in discarded) and demos.attrs["max_fallen"] == 2
+    assert verify_demos(path).ok
+
+    with pytest.raises(TooManyFallsError, match="2 of 4 episodes terminated"):
+        record_episodes(
+            "Hopper-v5", FallsOnSeeds({21, 23}, range(20, 30)), path=tmp_path / "no.zarr",
+            n_episodes=3, first_seed=20, env_kwargs=kwargs, max_fallen=1,
+        )  # fmt: skip
+    assert not (tmp_path / "no.zarr").exists()
+    # without max_fallen every episode is stored as it ended
+    record_episodes(
+        "Hopper-v5", FallsOnSeeds({21}, range(20, 30)), path=tmp_path / "all.zarr",
+        n_episodes=2, first_seed=20, env_kwargs=kwargs,
+    )  # fmt: skip
+    assert read_demos(tmp_path / "all.zarr").terminated.sum() == 1
 
 
 def test_subsampled_keeps_every_nth_pair_of_each_episode() -> None:
