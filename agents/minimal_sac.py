@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.served_example import ServedAgentArgs, connect
+from agents.served_example import ServedAgentArgs, connect, true_return
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.flags import parse
 
@@ -157,21 +157,6 @@ class SAC:
                 tp.lerp_(p, self.args.tau)
 
 
-def evaluate(agent: SAC, env_id: str, episodes: int, seed: int) -> float:
-    """Mean TRUE return of the deterministic policy on an unwrapped env."""
-    env = gym.make(env_id)
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, ret = False, 0.0
-        while not done:
-            obs, rew, term, trunc, _ = env.step(agent.act(obs, deterministic=True))
-            ret, done = ret + float(rew), term or trunc
-        returns.append(ret)
-    env.close()
-    return float(np.mean(returns))
-
-
 # ------------------------------------------------------------------------------ training
 
 
@@ -201,7 +186,12 @@ def train(args: Args, env_id: str, env: SD2AILRewardWrapper, client: RewardClien
         if args.sync_every and step % args.sync_every == 0:
             client.sync()
         if step % args.eval_every == 0 or step == n:
-            ret = evaluate(agent, env_id, args.eval_episodes, args.seed + EVAL_SEED_OFFSET)
+            ret = true_return(
+                lambda obs: agent.act(obs, deterministic=True),
+                env_id,
+                args.eval_episodes,
+                args.seed + EVAL_SEED_OFFSET,
+            )
             best = max(best, ret)
             learned, true = np.array(recent).T
             corr = float(np.corrcoef(learned, true)[0, 1]) if learned.std() > 0 else float("nan")

@@ -49,7 +49,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import SAC
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
@@ -57,7 +56,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
-from agents.served_example import ServedAgentArgs, connect
+from agents.served_example import ServedAgentArgs, connect, true_return
 from sd2ail_reward import RewardClient, SD2AILRewardWrapper
 from sd2ail_reward.flags import parse
 
@@ -161,22 +160,6 @@ class SyncCallback(BaseCallback):
         return True
 
 
-def evaluate(model: BaseAlgorithm, env_id: str, episodes: int, seed: int) -> float:
-    """Mean TRUE return of the deterministic policy on an unwrapped env."""
-    env = gym.make(env_id)
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, ret = False, 0.0
-        while not done:
-            act, _ = model.predict(obs, deterministic=True)
-            obs, rew, term, trunc, _ = env.step(act)
-            ret, done = ret + float(rew), bool(term or trunc)
-        returns.append(ret)
-    env.close()
-    return float(np.mean(returns))
-
-
 class EvalRow(NamedTuple):
     step: int
     eval_return: float
@@ -220,7 +203,12 @@ class TrueReturnEvalCallback(BaseCallback):
 
     def evaluate(self) -> EvalRow:
         args = self.args
-        ret = evaluate(self.model, self.env_id, args.eval_episodes, args.seed + EVAL_SEED_OFFSET)
+        ret = true_return(
+            lambda obs: self.model.predict(obs, deterministic=True)[0],
+            self.env_id,
+            args.eval_episodes,
+            args.seed + EVAL_SEED_OFFSET,
+        )
         self.best = max(self.best, ret)
         corr = float("nan")
         if len(self._recent) > 1:

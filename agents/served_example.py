@@ -5,8 +5,13 @@ local server they start without one."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
 
 from sd2ail_reward.client import RewardClient, ServerInfo
 from sd2ail_reward.spawn import LocalServer, spawn_server
@@ -75,3 +80,21 @@ def connect(args: ServedAgentArgs, stack: ExitStack) -> tuple[RewardClient, Serv
     info = client.wait_ready(timeout_s=300)
     print(f"reward server {address}: {info.env_id}, algo {info.algo}", flush=True)
     return client, info
+
+
+def true_return(act: Callable[[np.ndarray], Any], env_id: str, episodes: int, seed: int) -> float:
+    """Mean TRUE return of a deterministic policy `act(obs) -> action` on an unwrapped env,
+    episode i reset with `seed + i`."""
+    env = gym.make(env_id)
+    returns = []
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            done, ret = False, 0.0
+            while not done:
+                obs, rew, term, trunc, _ = env.step(act(obs))
+                ret, done = ret + float(rew), bool(term or trunc)
+            returns.append(ret)
+    finally:
+        env.close()
+    return float(np.mean(returns))
