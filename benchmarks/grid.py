@@ -202,7 +202,8 @@ def hopper_cost() -> list[GridRun]:
     per env step in float32, unpinned), seed 0, beside hopper-expert-recipe's float32 seed 0:
     this becomes `make run`'s setting only if its learning curve is no worse. Then `make run`
     with SAC's trunks in bf16 too (`--sac-dtype bfloat16`): on the evening VM of 2026-12-01
-    SAC's update was most of `make run`'s env step (make_run_cost --alone: 1.59x, not 2x)."""
+    SAC's update was most of `make run`'s env step (make_run_cost --alone: 1.59x, not 2x).
+    It learned worse (2701 final, >= 2500 at 165k) and no faster: `make run` keeps it off."""
     base = hopper_expert_recipe()[0]
     server_bf16 = (*base.args, "--server-arg=--compute-dtype=bfloat16")
     return [
