@@ -278,6 +278,20 @@ def test_the_newest_transitions_are_kept_in_insertion_order_when_the_buffer_wrap
     assert int(kept["size"]) == 3 and int(kept["insertion_idx"]) == 3
 
 
+def test_a_carry_stores_obs_next_only_where_it_is_not_the_next_obs() -> None:
+    from agents.checkpoints import join_next_obs, split_next_obs
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(9, 4)).astype(np.float32)
+    obs_next = np.roll(obs, -1, axis=0)  # two episodes: rows 0-3 and 4-8 (the newest)
+    obs_next[3] = rng.normal(size=4)  # the first episode's last obs_next, not row 4's obs
+    obs_next[8] = rng.normal(size=4)
+    obs_next[6, 2] += 1e-6  # one component off: still stored whole
+    breaks, rows = split_next_obs(obs, obs_next)
+    assert breaks.tolist() == [3, 6, 8] and rows.shape == (3, 4)
+    np.testing.assert_array_equal(join_next_obs(obs, breaks, rows), obs_next)
+
+
 def test_late_in_a_sitting_only_runs_that_can_be_carried_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
