@@ -105,13 +105,23 @@ LEARNER_FLAG_FIELDS: tuple[tuple[str, str, str], ...] = (
 
 
 def learner_config(flags: LearnerFlags, env_id: str) -> LearnerConfig:
-    """The preset for `env_id` (or --preset) and --algo, with the shaping flags applied."""
-    name = flags.preset or preset_for_env(env_id)
+    """The preset for `env_id` (or --preset) and --algo, with the shaping flags applied.
+
+    An env of your own has no preset: `--preset NAME` serves its store with that preset's
+    hyperparameters (the dims come from the store). A preset found from the store's env id
+    must be for exactly that env (a Hopper-v4 store does not get Hopper-v5's silently)."""
+    try:
+        name = flags.preset or preset_for_env(env_id)
+    except ValueError as err:
+        raise ValueError(f"{err}; --preset NAME serves it with that preset's settings") from None
     config = preset(name, flags.algo)
     if config.env_id != env_id:
-        raise ValueError(
-            f"preset {name!r} is for {config.env_id}, but the demo store holds {env_id} demos"
-        )
+        if flags.preset is None:
+            raise ValueError(
+                f"preset {name!r} is for {config.env_id}, but the demo store holds {env_id} "
+                f"demos; --preset {name} serves them with its settings all the same"
+            )
+        config = replace_config(config, env_id=env_id)
     changes: dict[str, dict[str, object]] = {"": {}}
     for flag, section, field_name in LEARNER_FLAG_FIELDS:
         value = getattr(flags, flag)

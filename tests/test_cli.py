@@ -168,6 +168,20 @@ def test_every_learner_flag_is_reachable_and_defaults_to_the_preset() -> None:
             assert learner_config(given, "Pendulum-v1") != preset("pendulum"), field
 
 
+def test_an_env_without_a_preset_is_served_with_the_preset_named() -> None:
+    from sd2ail_reward.config import preset
+
+    def config(env_id: str, *flags: str) -> object:
+        return learner_config(parse_serve_args(["--demos", "d.zarr", *flags]).learner, env_id)
+
+    with pytest.raises(ValueError, match=r"no preset for env 'my_pkg:MyEnv-v0'.*--preset"):
+        config("my_pkg:MyEnv-v0")
+    with pytest.raises(ValueError, match=r"is for Hopper-v5.*--preset hopper"):
+        config("Hopper-v4")  # found from the id, but for another version: not silently
+    own = config("my_pkg:MyEnv-v0", "--preset", "hopper", "--algo", "diffail")
+    assert own == dataclasses.replace(preset("hopper", "diffail"), env_id="my_pkg:MyEnv-v0")
+
+
 def test_compute_dtype_flag_reaches_the_discriminator_config() -> None:
     def config(*flags: str) -> object:
         args = parse_serve_args(["--demos", "d.zarr", *flags])
