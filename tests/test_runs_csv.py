@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import runs_csv
 from benchmarks.grid import GridRun
+from sd2ail_reward.demos import read_demos
 
 
 def write_run(root: Path, name: str, steps: int, returns: list[float]) -> Path:
@@ -48,6 +49,12 @@ def test_task_table_describes_the_committed_stores() -> None:
     expert = json.loads((runs_csv.REPO / "demos" / "Hopper-v5.expert.json").read_text())
     assert f"{expert['expert_eval_return']:.0f}"[:2] in hopper  # the store's returns, ~3160
     assert "| Ant-v5 | none yet |" in table or (runs_csv.REPO / "demos" / "Ant-v5.zarr").exists()
+    # a store that left fallen episodes out says so, with the unfiltered mean beside
+    walker = next(line for line in table.splitlines() if line.startswith("| Walker2d-v5 "))
+    fell = read_demos(runs_csv.REPO / "demos" / "Walker2d-v5.zarr").attrs[
+        "discarded_fallen_episodes"
+    ]
+    assert f"left out: {len(fell)} of {40 + len(fell)} tried" in walker
 
 
 def test_ablation_groups_keep_protocols_recipes_and_controls_apart(
