@@ -224,7 +224,7 @@ def read_carry(carry_dir: Path, run_dir: Path) -> Checkpoint:
     payload = torch.load(carry_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     meta = payload.pop("meta")
     buffer = payload["buffer"]
-    if NEXT_OBS_BREAKS in buffer:  # carries written before 2026-12-01 22:00 hold obs_next whole
+    if NEXT_OBS_BREAKS in buffer:  # else an older carry (before 8482485): obs_next whole
         buffer["data/obs_next"] = torch.from_numpy(
             join_next_obs(
                 buffer["data/obs"].numpy(),
