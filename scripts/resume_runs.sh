@@ -5,8 +5,8 @@
 # DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
 # same recipe), the experts the other lane does not hold, the reference-recipe checks and the
 # reference-recipe evidence; lane 2 the bf16 learning-curve checks (issue "Training cost"),
-# a first SD2AIL run on each new task whose demo store is committed, the new tasks' experts
-# (recorded and verified as each finishes: their stores gate the new tasks' runs), the
+# the new tasks' experts (recorded and verified as each finishes: their stores gate the new
+# tasks' runs), a first SD2AIL run on each new task whose demo store is committed, the
 # Pendulum ablation, then the Pendulum CI calibration. A run locked by the other lane is left
 # to it. Runs live in $SD2AIL_GRID_ROOT (default
 # ~/sd2ail-runs/grid); the log goes beside them.
@@ -44,7 +44,8 @@ lane() {
 # experts before the reference-recipe checks: late in a sitting the lane should take an
 # expert (issue 17 waits on them), not a 100k-step recipe check
 lane hopper-expert-recipe hopper-ablation experts hopper-recipe-check hopper-evidence
-# new-tasks before experts: an expert is carried and would hold the lane the whole sitting, so
-# an imitation run behind it (uncarried, started only early in a sitting) would never start
-lane hopper-expert-recipe hopper-cost new-tasks experts pendulum-ablation pendulum-ci
+# experts before new-tasks: the Ant expert (hours, carried from sitting to sitting) gates
+# issue 17's last store and run, so it holds this lane; the HalfCheetah discnorm check in
+# new-tasks waits for it (2026-12-01: it had lost two sittings' lanes to the imitation runs)
+lane hopper-expert-recipe hopper-cost experts new-tasks pendulum-ablation pendulum-ci
 echo "log: $root/../grid.log"
