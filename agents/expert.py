@@ -55,14 +55,13 @@ class RecordArgs:
     """Actor to use: best_actor.pt or actor.pt."""
     min_return: float | None = None
     """Exit with status 1 when the mean recorded return is below this."""
-    full_episodes: bool = False
-    """Exit with status 1 when an episode ended before its time limit (the expert fell): a
-    store of whole episodes only (an expert that falls 1 time in 20 still passes --min-return)."""
     max_fallen: int | None = None
-    """Leave out up to this many episodes that ended before the time limit, trying the next
-    reset seeds until --episodes whole ones are stored; their seeds, lengths and returns go in
-    the store's provenance and the expert's json (the unfiltered mean beside the stored one).
-    More falls: exit status 1, nothing written."""
+    """A store of whole episodes only (an expert that falls 1 time in 20 still passes
+    --min-return): leave out up to this many episodes that ended before the time limit, trying
+    the next reset seeds until --episodes whole ones are stored; their seeds, lengths and
+    returns go in the store's provenance and the expert's json (the unfiltered mean beside the
+    stored one). More falls: exit status 1, nothing written. 0 refuses any fall; unset stores
+    every episode as it ended."""
     threads: int = 1
     """torch.set_num_threads."""
 
@@ -75,7 +74,6 @@ def parse_args(argv: Sequence[str] | None = None) -> RecordArgs:
 def record(args: RecordArgs) -> np.ndarray:
     # only `record` needs the library
     from sd2ail_reward.demo_replay import TooManyFallsError, record_episodes
-    from sd2ail_reward.demos import read_demos
 
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
@@ -109,23 +107,21 @@ def record(args: RecordArgs) -> np.ndarray:
         out,
     )
     try:
-        returns = np.asarray(
-            record_episodes(
-                env_id,
-                deterministic_policy_fn(policy),
-                path=out,
-                n_episodes=args.episodes,
-                first_seed=args.first_seed,
-                attrs=attrs,
-                overwrite=True,
-                max_fallen=args.max_fallen,
-            )
+        recording = record_episodes(
+            env_id,
+            deterministic_policy_fn(policy),
+            path=out,
+            n_episodes=args.episodes,
+            first_seed=args.first_seed,
+            attrs=attrs,
+            overwrite=True,
+            max_fallen=args.max_fallen,
         )
     except TooManyFallsError as error:
         log.error("%s (--max-fallen %d); no store written", error, args.max_fallen)
         raise SystemExit(1) from error
-    discarded = read_demos(out).attrs.get("discarded_fallen_episodes", [])
-    attempted = np.concatenate([returns, [float(d["return"]) for d in discarded]])
+    returns, discarded = recording.returns, list(recording.discarded_fallen)
+    attempted = recording.attempted_returns
 
     with atomic_path(out.parent / f"{env_id}.expert.pt") as tmp:
         shutil.copyfile(weights_path, tmp)
@@ -166,27 +162,10 @@ def record(args: RecordArgs) -> np.ndarray:
             len(attempted),
             attempted.mean(),
         )
-    failed = False
     if args.min_return is not None and returns.mean() < args.min_return:
         log.error("mean recorded return %.1f < --min-return %.1f", returns.mean(), args.min_return)
-        failed = True
-    if args.full_episodes:
-        fell = terminated_episodes(out)
-        if fell:
-            log.error("%d of %d episodes ended before the time limit (store indices %s; "
-                      "--full-episodes)", len(fell), len(returns), fell)  # fmt: skip
-            failed = True
-    if failed:
         raise SystemExit(1)
     return returns
-
-
-def terminated_episodes(store: Path) -> list[int]:
-    """Store indices of the episodes that terminated (rather than hit the time limit)."""
-    from sd2ail_reward.demos import read_demos
-
-    demos = read_demos(store)
-    return [i for i, rows in enumerate(demos.episode_slices()) if demos.terminated[rows].any()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -150,6 +150,23 @@ def verify_demos(
     )
 
 
+@dataclass(frozen=True)
+class Recording:
+    """What `record_episodes` wrote, and what it left out."""
+
+    returns: npt.NDArray[np.float64]
+    """Each stored episode's return, in store order."""
+    discarded_fallen: tuple[dict[str, float | int], ...] = ()
+    """The episodes left out under `max_fallen` (reset seed, steps, return), as in the store's
+    provenance: the stored returns alone would overstate an expert that sometimes falls."""
+
+    @property
+    def attempted_returns(self) -> npt.NDArray[np.float64]:
+        """Every episode tried, stored or left out: the expert's unfiltered returns."""
+        fallen = [float(episode["return"]) for episode in self.discarded_fallen]
+        return np.concatenate([self.returns, np.asarray(fallen, dtype=np.float64)])
+
+
 class TooManyFallsError(ValueError):
     """More episodes terminated than `record_episodes(max_fallen=...)` allows; nothing written."""
 
@@ -165,14 +182,13 @@ def record_episodes(
     env_kwargs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     max_fallen: int | None = None,
-) -> npt.NDArray[np.float64]:
+) -> Recording:
     """Roll out a deterministic `policy(obs) -> action` and write the episodes to `path`.
 
     Episodes are reset with seeds ``first_seed``, ``first_seed + 1``, ... and run until the env
     terminates or truncates. Actions are clipped to the action space and stored as float32
     exactly as passed to ``env.step``, so ``verify_demos`` replays them bit for bit.
-    `env_kwargs` go to ``gym.make`` and are stored (verify replays with them). Returns each
-    stored episode's return.
+    `env_kwargs` go to ``gym.make`` and are stored (verify replays with them).
 
     With `max_fallen` set, a store of whole episodes: an episode that terminates (the expert
     fell) is left out and the next seed is tried until `n_episodes` are kept. Each left-out
@@ -237,4 +253,5 @@ def record_episodes(
         provenance["max_fallen"] = max_fallen
         provenance["discarded_fallen_episodes"] = discarded
     write_episodes(path, episodes, env_id=env_id, attrs=provenance, overwrite=overwrite)
-    return np.array([ep.reward.astype(np.float32).sum(dtype=np.float64) for ep in episodes])
+    returns = [ep.reward.astype(np.float32).sum(dtype=np.float64) for ep in episodes]
+    return Recording(np.array(returns, dtype=np.float64), tuple(discarded))

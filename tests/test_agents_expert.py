@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agents.actors import actor_spec, save_actor
-from agents.expert import RecordArgs, record, terminated_episodes
+from agents.expert import RecordArgs, record
 from agents.networks import make_actor
 from agents.recipes import TrainArgs
 from sd2ail_reward.demos import read_demos
@@ -34,26 +34,31 @@ def untrained_expert_run(run_dir: Path, env_id: str) -> Path:
     return run_dir
 
 
-def test_an_expert_that_falls_is_refused_under_full_episodes(tmp_path: Path) -> None:
+def terminated_episodes(store: Path) -> list[int]:
+    demos = read_demos(store)
+    return [i for i, rows in enumerate(demos.episode_slices()) if demos.terminated[rows].any()]
+
+
+def test_an_expert_that_falls_is_refused_under_max_fallen_0(tmp_path: Path) -> None:
     # an untrained Hopper falls within a few dozen steps: every episode terminates
     run_dir = untrained_expert_run(tmp_path / "hopper", "Hopper-v5")
     store = tmp_path / "hopper.zarr"
     args = RecordArgs(run_dir=str(run_dir), out=str(store), episodes=3)
-    returns = record(args)  # without the flag it records what it gets
+    returns = record(args)  # without --max-fallen it records what it gets
     assert len(returns) == 3
     assert terminated_episodes(store) == [0, 1, 2]
+    refused = tmp_path / "refused.zarr"
     with pytest.raises(SystemExit) as exit_info:
-        record(RecordArgs(run_dir=str(run_dir), out=str(store), episodes=3, full_episodes=True))
+        record(RecordArgs(run_dir=str(run_dir), out=str(refused), episodes=3, max_fallen=0))
     assert exit_info.value.code == 1
+    assert not refused.exists()
 
 
-def test_whole_episodes_pass_full_episodes(tmp_path: Path) -> None:
+def test_whole_episodes_pass_max_fallen_0(tmp_path: Path) -> None:
     # Pendulum never terminates: every episode runs to its 200-step time limit
     run_dir = untrained_expert_run(tmp_path / "pendulum", "Pendulum-v1")
     store = tmp_path / "pendulum.zarr"
-    returns = record(
-        RecordArgs(run_dir=str(run_dir), out=str(store), episodes=2, full_episodes=True)
-    )
+    returns = record(RecordArgs(run_dir=str(run_dir), out=str(store), episodes=2, max_fallen=0))
     demos = read_demos(store)
     assert terminated_episodes(store) == []
     assert demos.n_episodes == 2 and list(np.diff(demos.episode_ends, prepend=0)) == [200, 200]
@@ -62,7 +67,7 @@ def test_whole_episodes_pass_full_episodes(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         record(
             RecordArgs(
-                run_dir=str(run_dir), out=str(store), episodes=2, full_episodes=True,
+                run_dir=str(run_dir), out=str(store), episodes=2, max_fallen=0,
                 min_return=float(returns.mean()) + 1.0,
             )
         )  # fmt: skip

@@ -203,7 +203,7 @@ def linear_policy(obs: np.ndarray) -> np.ndarray:
 
 def test_record_verify_and_tamper(tmp_path: Path) -> None:
     path = tmp_path / "hopper.zarr"
-    returns = record_episodes(
+    recording = record_episodes(
         "Hopper-v5",
         linear_policy,
         path=path,
@@ -215,7 +215,8 @@ def test_record_verify_and_tamper(tmp_path: Path) -> None:
     demos = read_demos(path, expected_env_id="Hopper-v5")
     assert demos.n_episodes == 2 and demos.obs_dim == 11 and demos.act_dim == 3
     assert demos.reset_seeds.tolist() == [10, 11]
-    np.testing.assert_allclose(demos.episode_returns, returns)
+    np.testing.assert_allclose(demos.episode_returns, recording.returns)
+    assert recording.discarded_fallen == ()
     np.testing.assert_array_equal(demos.action_low, [-1.0, -1.0, -1.0])
     assert demos.attrs["env_kwargs"] == {"max_episode_steps": 60}
     assert demos.attrs["expert_algo"] == "linear"
@@ -254,7 +255,7 @@ def test_record_verify_and_tamper(tmp_path: Path) -> None:
         env_kwargs={"max_episode_steps": 60},
     )
     assert read_demos(path).n_episodes == 3
-    assert read_demos(path).attrs["episode_returns"][-1] == pytest.approx(float(more[0]))
+    assert read_demos(path).attrs["episode_returns"][-1] == pytest.approx(float(more.returns[0]))
     with pytest.raises(ValueError, match="env_kwargs"):
         record_episodes("Hopper-v5", linear_policy, path=path, n_episodes=1)
 
@@ -277,7 +278,7 @@ class FallsOnSeeds:
 def test_max_fallen_stores_whole_episodes_and_says_which_fell(tmp_path: Path) -> None:
     path = tmp_path / "hopper.zarr"
     kwargs = {"max_episode_steps": 50}
-    returns = record_episodes(
+    recording = record_episodes(
         "Hopper-v5", FallsOnSeeds({21, 23}, range(20, 30)), path=path, n_episodes=3,
         first_seed=20, env_kwargs=kwargs, max_fallen=2,
     )  # fmt: skip
@@ -285,9 +286,13 @@ def test_max_fallen_stores_whole_episodes_and_says_which_fell(tmp_path: Path) ->
     assert demos.reset_seeds.tolist() == [20, 22, 24]  # 21 and 23 fell and were left out
     assert not demos.terminated.any()
     assert list(np.diff(demos.episode_ends, prepend=0)) == [50, 50, 50]
-    np.testing.assert_allclose(demos.episode_returns, returns)
+    np.testing.assert_allclose(demos.episode_returns, recording.returns)
     discarded = demos.attrs["discarded_fallen_episodes"]
     assert [d["reset_seed"] for d in discarded] == [21, 23]
+    assert list(recording.discarded_fallen) == discarded  # what the caller gets is stored
+    fallen_returns = [d["return"] for d in discarded]
+    np.testing.assert_allclose(recording.attempted_returns, [*recording.returns, *fallen_returns])
+    assert max(fallen_returns) < recording.returns.min()  # a fall costs return
     assert all(d["steps"] < 50 for d in discarded) and demos.attrs["max_fallen"] == 2
     assert verify_demos(path).ok
 
