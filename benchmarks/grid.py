@@ -538,22 +538,33 @@ def run_grid(
     runs: list[GridRun], parallel: int, nice: int, uncarried_start_by: float = float("inf")
 ) -> None:
     """Runs `runs` to the end, `parallel` at a time. After `uncarried_start_by` (time.time())
-    only runs that can be carried start: the others could not end before the machine does."""
+    runs that cannot be carried wait until nothing else is left to start: they may not end
+    before the machine does, so a carried run takes the lane first; started late they go on
+    (`--resume`) only if the next sitting gets this machine and its grid root, and cost
+    nothing but an idle lane otherwise."""
     for run in runs:  # finished earlier, but a sitting ended before their after-steps
         lock = try_lock(run) if run.after and finished_in(run, run.run_dir) else None
         if lock is not None:
             with lock:
                 run_after_steps(run)
     pending = [r for r in runs if not finished(r)]
+    deferred: list[GridRun] = []
     active: list[tuple[GridRun, subprocess.Popen[bytes], IO[str]]] = []
-    while pending or active:
+    while pending or active or deferred:
+        if deferred and not pending and len(active) < parallel:
+            print(f"{time.strftime('%H:%M:%S')} nothing else to start: {len(deferred)} "
+                  f"uncarried run(s) start late; they go on in the next sitting only on this "
+                  f"machine ({GRID_ROOT})", flush=True)  # fmt: skip
+            pending, deferred, uncarried_start_by = deferred, [], float("inf")
         while pending and len(active) < parallel:
             run = pending.pop(0)
             if run.missing_demos() is not None:
                 print(f"{run.name}: waits for {run.missing_demos()}", flush=True)
                 continue
             if not run.carried and time.time() > uncarried_start_by:
-                print(f"{run.name}: too late in this sitting to end, not started", flush=True)
+                print(f"{run.name}: too late in this sitting to end; starts once nothing "
+                      "else is left", flush=True)  # fmt: skip
+                deferred.append(run)
                 continue
             lock = try_lock(run)
             if lock is None:

@@ -34,8 +34,9 @@ fi
 echo "runs execute $tree at $(git -C "$tree" rev-parse --short HEAD)"
 # A session's machine lives ~3 h and an imitation run (with its reward server, not carried to
 # the next machine) takes ~2.4 h beside an expert (Hopper SD2AIL, 200k steps, 2026-12-01): one
-# started later than ~20 min in would be lost. After that a lane starts only runs that are
-# carried (the experts).
+# started later than ~20 min in would be lost on a new machine. After that a lane starts the
+# carried runs (the experts) first, and an imitation run only when nothing else is left (it
+# resumes next sitting if the machine and its grid root outlive this one).
 lane() {
     (cd "$tree" && SD2AIL_GRID_ROOT="$root" nohup "$python" benchmarks/grid.py run "$@" \
         --parallel 1 --uncarried-start-within 20 >> "$root/../grid.log" 2>&1 &

@@ -292,13 +292,19 @@ def test_a_carry_stores_obs_next_only_where_it_is_not_the_next_obs() -> None:
     np.testing.assert_array_equal(join_next_obs(obs, breaks, rows), obs_next)
 
 
-def test_late_in_a_sitting_only_runs_that_can_be_carried_start(
+def test_late_in_a_sitting_a_carried_run_takes_the_lane_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
-    imitation = grid.GridRun("i", ("--env", "Hopper-v5", "--reward", "learned"), steps=10)
+    monkeypatch.setattr(grid, "rebuild_runs_csv", lambda: None)
+    # each train refuses its unknown flag at once: the test times the order they start in
+    imitation = grid.GridRun("i", ("--reward", "learned", "--no-such-flag"), steps=10)
+    expert = grid.GridRun("e", ("--reward", "env", "--no-such-flag"), steps=10)
     assert not imitation.carried and not grid.hopper_ablation()[-1].carried
-    assert all(run.carried for run in grid.experts())
-    grid.run_grid([imitation], parallel=1, nice=0, uncarried_start_by=0.0)
-    assert "too late in this sitting" in capsys.readouterr().out
-    assert not imitation.run_dir.exists()
+    assert expert.carried and all(run.carried for run in grid.experts())
+    grid.run_grid([imitation, expert], parallel=1, nice=0, uncarried_start_by=0.0)
+    out = capsys.readouterr().out
+    assert "i: too late in this sitting" in out
+    # the expert first; the imitation run once nothing else is left, not dropped
+    assert out.index(" start e:") < out.index("start late") < out.index(" start i:")
+    assert imitation.run_dir.exists() and expert.run_dir.exists()
