@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from sd2ail_reward.checkpoint import CheckpointError, CheckpointStore
 from sd2ail_reward.flags import parse
-from sd2ail_reward.metrics import frechet_distance, pearson
+from sd2ail_reward.metrics import episode_sums, frechet_distance, pearson
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,12 @@ def reward_correlations(run_dir: Path, n: int = 5000, whole: int = 20_000) -> di
     latest checkpoint) scored by the discriminator of the server's latest checkpoint.
 
     Late in a run the agent's transitions are much alike, so the latest ones correlate less
-    than the whole run's, which span the warm-up, falls and the learned gait: both are given."""
+    than the whole run's, which span the warm-up, falls and the learned gait: both are given.
+    Neither reference codebase computes the paper's correlation (Hopper 0.90), nor does the
+    paper say whether it is of rewards or of returns, so the correlation of the episodes'
+    learned and true returns over the run is given too: on a task where falling ends the
+    episode both grow with its length, so it runs higher than the per-transition one. Their
+    correlation per step (each episode's return over its length) leaves the length out."""
     from sd2ail_reward.config import from_dict
     from sd2ail_reward.demos import read_demos
     from sd2ail_reward.learner import RewardLearner
@@ -232,11 +237,21 @@ def reward_correlations(run_dir: Path, n: int = 5000, whole: int = 20_000) -> di
             rewards.append(learner.reward(obs[block], env_act.astype(np.float32), obs_next[block]))
         return np.concatenate(rewards).astype(np.float64)
 
+    learned_reward = learned(np.arange(size))
     latest = np.arange(max(0, size - n), size)
     spread = np.unique(np.linspace(0, size - 1, min(whole, size)).astype(np.int64))
+    done = np.asarray(buffer["data/done"], bool)[:size]
+    learned_returns, true_returns = (
+        episode_sums(learned_reward, done),
+        episode_sums(env_reward, done),
+    )
+    lengths = episode_sums(np.ones(size), done)
     return {
-        "reward_corr_latest": pearson(learned(latest), env_reward[latest]),
-        "reward_corr_whole_run": pearson(learned(spread), env_reward[spread]),
+        "reward_corr_latest": pearson(learned_reward[latest], env_reward[latest]),
+        "reward_corr_whole_run": pearson(learned_reward[spread], env_reward[spread]),
+        "reward_corr_episode_returns": pearson(learned_returns, true_returns),
+        "reward_corr_episode_means": pearson(learned_returns / lengths, true_returns / lengths),
+        "episodes": float(len(learned_returns)),
         "transitions": float(size),
     }
 

@@ -56,13 +56,19 @@ def group_of(run: str, algo: str) -> str:
 
 
 Curves = dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
-Quality = dict[str, list[tuple[float, float, float, float, float]]]
+Quality = dict[str, list[tuple[float, ...]]]
+QUALITY_KEYS = (
+    "corr", "frechet", "agent_frechet", "random_frechet", "corr_whole", "corr_returns",
+    "corr_means",
+)  # fmt: skip
+"""The summary's names of `load_runs`' quality columns, in their order."""
 
 
 def load_runs(grids: list[str]) -> tuple[Curves, Quality]:
     """algo -> [(steps, returns, budget)] of the grids' finished runs, and algo -> [(Pearson
-    correlation of the learned with the true reward over the latest transitions (metrics) and
-    the whole run (`quality.json`), and the Frechet distances to the expert of
+    correlation of the learned with the true reward over the latest transitions (metrics), the
+    whole run, its episodes' returns and their returns per step (`quality.json`), and the
+    Frechet distances to the expert of
     the pseudo-experts, the agent's latest pairs and its random warm-up pairs)] at each run's
     end (NaN where a run has none). The distances come from the run's `quality.json` (its
     last server checkpoint); without one, the pseudo-experts' from its last metrics row."""
@@ -90,6 +96,8 @@ def load_runs(grids: list[str]) -> tuple[Curves, Quality]:
                 float(end.get("frechet_agent_latest", "nan")),
                 float(end.get("frechet_random_warmup", "nan")),
                 float(end.get("reward_corr_whole_run", "nan")),
+                float(end.get("reward_corr_episode_returns", "nan")),
+                float(end.get("reward_corr_episode_means", "nan")),
             )
         )
     return curves, quality
@@ -112,9 +120,7 @@ def summarise(
         for key, values in (("best", best), ("final", final)):
             mean, lower, upper = bootstrap_ci(values, rng)
             row.update({key: mean, f"{key}_lo": lower, f"{key}_hi": upper})
-        for index, key in enumerate(
-            ("corr", "frechet", "agent_frechet", "random_frechet", "corr_whole")
-        ):
+        for index, key in enumerate(QUALITY_KEYS):
             measured = [q[index] for q in quality.get(algo, []) if np.isfinite(q[index])]
             if measured:
                 mean, lower, upper = bootstrap_ci(measured, rng)
@@ -145,9 +151,10 @@ def interval(row: dict[str, object], key: str, fmt: str = "{:.0f}") -> str:
 def markdown(rows: list[dict[str, object]], threshold: float) -> str:
     lines = [
         f"| algo | runs | best | final | AUC (mean return) | first step >= {threshold:g} "
-        "(reached) | P(SD2AIL > algo), AUC | reward corr: latest | whole run "
+        "(reached) | P(SD2AIL > algo), AUC | reward corr: latest | whole run | episode returns "
+        "| episode returns per step "
         "| Frechet to the expert (end): pseudo-experts | agent | random warm-up |",
-        "|---|---:|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---:|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reached = f" ({row['reached']}/{row['runs']})" if "reached" in row else ""
@@ -157,6 +164,8 @@ def markdown(rows: list[dict[str, object]], threshold: float) -> str:
             f"{interval(row, 'final')} | {interval(row, 'auc')} | "
             f"{interval(row, 'first_step')}{reached} | {poi} | "
             f"{interval(row, 'corr', '{:.2f}')} | {interval(row, 'corr_whole', '{:.2f}')} | "
+            f"{interval(row, 'corr_returns', '{:.2f}')} | "
+            f"{interval(row, 'corr_means', '{:.2f}')} | "
             f"{interval(row, 'frechet', '{:.1f}')} | "
             f"{interval(row, 'agent_frechet', '{:.1f}')} | "
             f"{interval(row, 'random_frechet', '{:.1f}')} |"

@@ -31,3 +31,16 @@ def pearson(x_N: np.ndarray, y_N: np.ndarray) -> float:
     if x.shape[0] < 2 or x.std() == 0 or y.std() == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def episode_sums(values_N: np.ndarray, done_N: np.ndarray) -> np.ndarray:
+    """Per-episode sums of `values` over the complete episodes of one env's transitions in
+    order (an episode ends at a `done` row; rows after the last one, an episode still going,
+    are left out)."""
+    values, done = np.asarray(values_N, np.float64), np.asarray(done_N, bool)
+    if values.shape != done.shape or values.ndim != 1:
+        raise ValueError(f"need two equal 1-D arrays, got {values.shape} and {done.shape}")
+    ends = np.flatnonzero(done) + 1
+    if ends.size == 0:
+        return np.zeros(0)
+    return np.add.reduceat(values[: ends[-1]], np.concatenate([[0], ends[:-1]]))

@@ -134,6 +134,9 @@ def test_train_then_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert quality["agent_latest_rows"] > 0 and quality["frechet_agent_latest"] >= 0
     assert quality["transitions"] == 900  # SAC's replay buffer, scored by the final D
     assert -1 <= quality["reward_corr_latest"] <= 1 and -1 <= quality["reward_corr_whole_run"] <= 1
+    assert quality["episodes"] == 900 // 200  # Pendulum's episodes end at their time limit
+    assert -1 <= quality["reward_corr_episode_returns"] <= 1
+    assert -1 <= quality["reward_corr_episode_means"] <= 1
 
 
 @pytest.mark.parametrize("store", [PENDULUM, HOPPER], ids=["Pendulum-v1", "Hopper-v5"])

@@ -4,6 +4,7 @@ Frechet distances that tell pseudo-experts near the expert from random pairs."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from agents.plot import ServerRows, latest_of_ring, reward_quality
 
@@ -33,3 +34,14 @@ def test_expert_like_pairs_are_nearer_the_expert_than_random_ones() -> None:
     empty = ServerRows(expert, np.zeros((0, 4)), rows.agent_latest, np.zeros((0, 4)))
     assert np.isnan(reward_quality(empty)["frechet_pseudo"])
     assert np.isnan(reward_quality(empty)["frechet_random_warmup"])
+
+
+def test_episode_sums_leave_out_the_episode_still_going() -> None:
+    from sd2ail_reward.metrics import episode_sums
+
+    reward = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    done = np.array([False, True, True, False, False, True, False])
+    np.testing.assert_array_equal(episode_sums(reward, done), [3.0, 3.0, 15.0])
+    assert episode_sums(reward, np.zeros(7, bool)).shape == (0,)
+    with pytest.raises(ValueError, match="equal 1-D"):
+        episode_sums(reward, done[:-1])
