@@ -229,15 +229,11 @@ def reward_correlations(run_dir: Path, n: int = 5000, whole: int = 20_000) -> di
     low = np.asarray(state["normalizer"]["act_low"], np.float64)
     high = np.asarray(state["normalizer"]["act_high"], np.float64)
 
-    def learned(index: np.ndarray) -> np.ndarray:
-        """The final D's reward of the transitions at `index`, in blocks."""
-        rewards = []
-        for block in np.array_split(index, max(1, len(index) // 2048)):
-            env_act = low + (np.asarray(act[block], np.float64) + 1.0) * 0.5 * (high - low)
-            rewards.append(learner.reward(obs[block], env_act.astype(np.float32), obs_next[block]))
-        return np.concatenate(rewards).astype(np.float64)
-
-    learned_reward = learned(np.arange(size))
+    rewards = []  # the final D's reward of every transition, in blocks
+    for block in np.array_split(np.arange(size), max(1, size // 2048)):
+        env_act = low + (np.asarray(act[block], np.float64) + 1.0) * 0.5 * (high - low)
+        rewards.append(learner.reward(obs[block], env_act.astype(np.float32), obs_next[block]))
+    learned_reward = np.concatenate(rewards).astype(np.float64)
     latest = np.arange(max(0, size - n), size)
     spread = np.unique(np.linspace(0, size - 1, min(whole, size)).astype(np.int64))
     done = np.asarray(buffer["data/done"], bool)[:size]

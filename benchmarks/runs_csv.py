@@ -284,6 +284,7 @@ def store_megabytes(path: Path) -> float:
 
 def tasks_markdown(rows: list[dict[str, Any]]) -> str:
     """The README's task table: each task's demo store (from demos/) and its runs so far."""
+    from sd2ail_reward.demo_replay import Recording
     from sd2ail_reward.demos import read_demos
 
     lines = [
@@ -305,10 +306,10 @@ def tasks_markdown(rows: list[dict[str, Any]]) -> str:
             return_cell = f"{returns.mean():.0f} +- {returns.std():.0f}"
             fell = demos.attrs.get("discarded_fallen_episodes", [])
             if fell:  # the store holds whole episodes only: say what the expert did unfiltered
-                tried = [*returns, *(d["return"] for d in fell)]
+                tried = Recording(returns, tuple(fell)).attempted_returns
                 return_cell += (
                     f"; left out: {len(fell)} of {len(tried)} tried, fallen "
-                    f"(mean of all {len(tried)}: {np.mean(tried):.0f})"
+                    f"(mean of all {len(tried)}: {tried.mean():.0f})"
                 )
             trained = demos.attrs.get("expert_training_steps")
             trained_cell = f"{int(trained) // 1000}k env steps" if trained else "-"
