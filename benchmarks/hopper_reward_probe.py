@@ -1,13 +1,14 @@
 """Does a trained discriminator rank Hopper behaviour the right way?
 
-    python benchmarks/hopper_reward_probe.py RUN_DIR        # a `sd2ail-reward train` run dir
+    python benchmarks/hopper_reward_probe.py RUN_DIR [--name TAG]  # a `sd2ail-reward train` run dir
 
 Loads the run's latest server checkpoint (the discriminator and the demo episodes it was
 trained on) and its `best_actor.pt`, rolls out 1000 steps without termination for: the expert
 that made `demos/Hopper-v5.zarr` (deterministic, then with N(0, sigma) action noise), the run's
 best actor, and a uniform random policy, and reports the learned reward per step before and
-after each rollout first becomes unhealthy (falls). Writes
-benchmarks/results/hopper_reward_probe.csv. Seconds on one core.
+after each rollout first becomes unhealthy (falls), and the learned return before the fall (what
+an agent whose episodes end at the fall collects). Writes
+benchmarks/results/hopper_reward_probe[_TAG].csv. Seconds on one core.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def rollout(
         "falls_at_step": fall,
         "env_return_before_fall": round(float(np.sum(env_rewards[:fall])), 1),
         "reward_per_step_before_fall": round(float(reward[:fall].mean()), 3) if fall else np.nan,
+        "learned_return_before_fall": round(float(reward[:fall].sum()), 1),
         "reward_per_step_after_fall": round(float(reward[fall:].mean()), 3)
         if fall < 1000
         else np.nan,
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="", help="suffix of the CSV's name (one per run)")
     ns = parser.parse_args()
 
     import torch
@@ -113,7 +116,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     ns.out.mkdir(parents=True, exist_ok=True)
-    path = ns.out / "hopper_reward_probe.csv"
+    path = ns.out / f"hopper_reward_probe{'_' + ns.name if ns.name else ''}.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
