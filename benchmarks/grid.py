@@ -309,12 +309,14 @@ def hopper_ablation() -> list[GridRun]:
     return runs[8:] + runs[:8]  # the BC runs take minutes: first
 
 
-EXPERT_TARGETS = {"HalfCheetah-v5": 5200.0, "Walker2d-v5": 4400.0, "Ant-v5": 4500.0}
+EXPERT_TARGETS = {"HalfCheetah-v5": 5200.0, "Walker2d-v5": 4400.0, "Ant-v5": 5000.0}
 """Issue "The paper's other three tasks": floors 4000 / 4600 / 4000 for the mean of the 40
 recorded episodes; training stops ~10% above, so the recorded episodes clear the floor.
 HalfCheetah first: it never terminates early and SAC learns it fastest. Walker2d's was 4500
 until its run, stopped at 600k, had hovered at 4050-4400 for 200k steps: its best actor
-(4409 at 490k) falls 1 time in 41 and makes the store."""
+(4409 at 490k) falls 1 time in 41 and makes the store. Ant-v5's was 4500 until its best
+actor (4504 at 390k, one evaluation of 10 episodes, std 514) fell in 3 of the first 11
+episodes recorded (the store allows 2 in 42): it trains on toward 5000."""
 EXPERT_FLOORS = {"HalfCheetah-v5": 4600.0, "Walker2d-v5": 4000.0, "Ant-v5": 4000.0}
 
 
