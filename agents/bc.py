@@ -31,7 +31,7 @@ def train_bc(args: TrainArgs, demos: DemoSet, expert: float) -> dict[str, float]
     state, start = TrainState(), time.time()
     for epoch in behaviour_cloning(actor, demos, act_space, args.bc_epochs, args.seed):
         if epoch % max(1, args.bc_epochs // 10) == 0 or epoch == args.bc_epochs:
-            returns = evaluate(collector, test_envs, 10_000 + epoch)
+            returns = evaluate(collector, test_envs, 10_000 + epoch).returns
             if state.best_return is None or returns.mean() > state.best_return:
                 state.best_return, state.best_step = float(returns.mean()), epoch
                 torch.save(actor.state_dict(), run_dir / "best_actor.pt")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -17,12 +17,26 @@ from agents.recipes import TrainArgs
 from sd2ail_reward.demos import DemoSet
 
 
-def evaluate(collector: Collector[CollectStats], envs: DummyVectorEnv, seed: int) -> np.ndarray:
+class Evaluation(NamedTuple):
+    returns: np.ndarray
+    """True return of each episode, float64."""
+    lengths: np.ndarray
+    """Steps of each episode: fewer than the env's time limit means it terminated (fell)."""
+
+    def fallen(self, env_id: str) -> int:
+        """Episodes that ended before the env's time limit (0 for an env without one)."""
+        limit = gym.spec(env_id).max_episode_steps
+        return 0 if limit is None else int((self.lengths < limit).sum())
+
+
+def evaluate(collector: Collector[CollectStats], envs: DummyVectorEnv, seed: int) -> Evaluation:
     """One deterministic episode per eval env, with the env's true reward."""
     envs.seed(seed)
     collector.reset()
     stats = collector.collect(n_episode=len(envs))
-    return np.asarray(stats.returns, dtype=np.float64)
+    return Evaluation(
+        np.asarray(stats.returns, dtype=np.float64), np.asarray(stats.lens, dtype=np.int64)
+    )
 
 
 class DistanceTracker(gym.Wrapper[Any, Any, Any, Any]):

@@ -154,6 +154,8 @@ class SacTraining:
         self.sac_stats: SACTrainingStats | None = None
         self.stats: dict[str, float] = {}
         self.last_eval = float("nan")
+        self.last_eval_counts = True
+        """Whether the last evaluation may stop the run and make best_actor."""
         self.server_before: dict[str, float] = {}
         """The reward server's seconds of earlier sittings (a resumed server counts from 0)."""
         write_json(run_dir / "actor_spec.json", actor_spec(args, obs_space, act_space))
@@ -238,7 +240,9 @@ class SacTraining:
         paired checkpoints."""
         state, actor = self.state, self.algorithm.policy.actor
         with self.stopwatch.part("evaluation"):
-            returns = evaluate(self.test_collector, self.test_envs, 10_000 + state.env_step)
+            evaluation = evaluate(self.test_collector, self.test_envs, 10_000 + state.env_step)
+        returns, fallen = evaluation.returns, evaluation.fallen(self.args.env)
+        self.last_eval_counts = fallen == 0 or not self.args.target_full_episodes
         with self.stopwatch.part("diagnostics"):
             self.last_eval = float(returns.mean())
             self.stats = learner_stats(self.client)
@@ -252,10 +256,15 @@ class SacTraining:
             "eval_return_mean": self.last_eval,
             "eval_return_std": float(returns.std()),
             "eval_returns": returns.tolist(),
+            "eval_lengths": evaluation.lengths.tolist(),
+            "eval_fallen": fallen,
             "env_id": self.args.env,
         }
         save_actor(self.run_dir, "actor", actor, info)
-        if state.best_return is None or self.last_eval > state.best_return:
+        if not self.last_eval_counts:
+            log.info("evaluation %.1f not counted: %d of %d episodes fell (--target-full-episodes)",
+                     self.last_eval, fallen, len(returns))  # fmt: skip
+        elif state.best_return is None or self.last_eval > state.best_return:
             state.best_return, state.best_step = self.last_eval, state.env_step
             save_actor(self.run_dir, "best_actor", actor, info)
         write_learning_curve(
@@ -311,7 +320,11 @@ class SacTraining:
                 )
                 if eval_due or state.env_step >= args.steps:
                     self.evaluate_and_save(writer)
-                    if args.target_return is not None and self.last_eval >= args.target_return:
+                    if (
+                        args.target_return is not None
+                        and self.last_eval >= args.target_return
+                        and self.last_eval_counts
+                    ):
                         log.info(
                             "evaluation return %.1f reached --target-return %.1f at step %d",
                             self.last_eval, args.target_return, state.env_step,

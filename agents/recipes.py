@@ -119,6 +119,9 @@ class TrainArgs:
     """Episodes per evaluation."""
     target_return: float | None = None
     """Stop once an evaluation's mean true return reaches this (None: run all steps)."""
+    target_full_episodes: bool = False
+    """Count an evaluation toward --target-return and best_actor only when none of its
+    episodes ended before the env's time limit (an expert whose episodes fall makes no store)."""
     start_steps: int = 5_000
     """Uniform random warm-up steps."""
     chunk: int = 1_000

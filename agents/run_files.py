@@ -104,6 +104,9 @@ def summarize(run_dir: Path, expert: float, state: TrainState) -> dict[str, floa
     summary = {
         "env_steps": float(state.env_step),
         "best_return": best,
+        # the evaluation best_actor.pt comes from (with --target-full-episodes: the best one
+        # whose episodes all ran to the time limit); what --target-return is checked against
+        "best_actor_return": float("nan") if state.best_return is None else state.best_return,
         "final_return": final,
         "expert_return": expert,
         # a fraction of the expert's return means something only for positive returns

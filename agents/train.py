@@ -170,12 +170,14 @@ def git_commit() -> str:
 
 def resumed_args(args: TrainArgs) -> TrainArgs:
     """The stored config of the run in --run-dir, with the flags a resume may change: the
-    budget, and a --target-return given again (an expert whose recorded demos fell short of
-    what its evaluation promised trains on to a higher one)."""
+    budget, and a --target-return (and --target-full-episodes) given again (an expert whose
+    recorded demos fell short of what its evaluation promised trains on to a higher one)."""
     saved = json.loads((args.run_path / "config.json").read_text())
     saved.update(steps=args.steps, resume=True, progress=args.progress, run_dir=args.run_dir)
     if args.target_return is not None:
         saved["target_return"] = args.target_return
+    if args.target_full_episodes:
+        saved["target_full_episodes"] = True
     if saved.pop("frozen_discriminator", False):  # runs from before --reward existed
         saved["reward"] = "frozen"
     for key in ("hidden_sizes", "demo_episodes", "server_args"):

@@ -60,6 +60,9 @@ class GridRun:
     after: tuple[tuple[str, ...], ...] = ()
     """`sd2ail-reward` commands run once the run has finished ("{run_dir}" filled in), each
     only if the one before succeeded; a marker file keeps them from running twice."""
+    full_episodes: bool = False
+    """The target counts only an evaluation none of whose episodes fell
+    (`--target-full-episodes`, passed again on every resume)."""
 
     @property
     def run_dir(self) -> Path:
@@ -82,6 +85,8 @@ class GridRun:
         base = [sys.executable, "-m", "sd2ail_reward.cli", "train", "--no-progress"]
         base += ["--run-dir", str(self.run_dir), "--steps", str(self.steps)]
         target = [] if self.target is None else ["--target-return", str(self.target)]
+        if target and self.full_episodes:
+            target.append("--target-full-episodes")
         if (self.run_dir / "config.json").exists():
             # the stored config, extended to --steps and to a target raised since it started
             return [*base, "--resume", *target]
@@ -316,7 +321,9 @@ HalfCheetah first: it never terminates early and SAC learns it fastest. Walker2d
 until its run, stopped at 600k, had hovered at 4050-4400 for 200k steps: its best actor
 (4409 at 490k) falls 1 time in 41 and makes the store. Ant-v5's was 4500 until its best
 actor (4504 at 390k, one evaluation of 10 episodes, std 514) fell in 3 of the first 11
-episodes recorded (the store allows 2 in 42): it trains on toward 5000."""
+episodes recorded (the store allows 2 in 42): it trains on toward 5000, and an evaluation
+counts toward the target (and best_actor) only if none of its 10 episodes fell
+(`--target-full-episodes`, every expert's run)."""
 EXPERT_FLOORS = {"HalfCheetah-v5": 4600.0, "Walker2d-v5": 4000.0, "Ant-v5": 4000.0}
 
 
@@ -372,6 +379,7 @@ def experts() -> list[GridRun]:
                 ),
                 ("demos", "verify", f"{{run_dir}}/{env}.zarr"),
             ),
+            full_episodes=True,
         )
         for env, target in EXPERT_TARGETS.items()
     ]
@@ -496,7 +504,8 @@ def finished_in(run: GridRun, run_files: Path) -> bool:
         return False
     config = json.loads((run_files / "config.json").read_text())
     done = json.loads(summary.read_text())
-    if run.target is not None and done["best_return"] >= run.target:
+    # best_actor_return: the evaluation that may stop the run (`--target-full-episodes`)
+    if run.target is not None and done.get("best_actor_return", done["best_return"]) >= run.target:
         return True
     return config.get("algo") == "bc" or done["env_steps"] >= run.steps
 

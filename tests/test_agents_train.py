@@ -798,6 +798,32 @@ def test_policy_regulariser_adds_rlkits_term_to_the_actor_loss() -> None:
         regulariser()  # consumed: a step without a fresh actor forward is refused
 
 
+def test_a_target_with_full_episodes_ignores_evaluations_in_which_the_agent_falls(
+    tmp_path: Path,
+) -> None:
+    """An untrained Hopper falls within a few dozen steps: any return reaches a target of
+    -1e9, so without the flag the run stops at its first evaluation; with it, no evaluation
+    counts, the run goes to its budget and makes no best actor (an expert whose episodes fall
+    must not make a demo store)."""
+    common = (
+        "--reward", "env", "--sac-recipe", "expert", "--env", "Hopper-v5", "--demos", "",
+        "--steps", "600", "--start-steps", "300", "--chunk", "100", "--eval-every", "300",
+        "--eval-episodes", "2", "--hidden-sizes", "32", "32", "--batch-size", "64",
+        "--target-return", "-1e9", "--no-progress",
+    )  # fmt: skip
+    run_train(*common, "--run-dir", str(tmp_path / "plain"))
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert plain["env_steps"] == 300 and plain["best_actor_return"] == plain["best_return"]
+    assert json.loads((tmp_path / "plain" / "best_actor.json").read_text())["eval_fallen"] == 2
+    run_train(*common, "--target-full-episodes", "--run-dir", str(tmp_path / "full"))
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert full["env_steps"] == 600 and np.isnan(full["best_actor_return"])
+    assert not (tmp_path / "full" / "best_actor.pt").exists()
+    last = json.loads((tmp_path / "full" / "actor.json").read_text())
+    assert last["eval_fallen"] == 2 and max(last["eval_lengths"]) < 1000
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["target_full_episodes"]
+
+
 def test_a_resume_may_raise_the_target_and_keeps_it(tmp_path: Path) -> None:
     """An expert whose recorded demos fell short trains on toward a target given again."""
     from dataclasses import asdict
@@ -812,3 +838,6 @@ def test_a_resume_may_raise_the_target_and_keeps_it(tmp_path: Path) -> None:
     assert plain.steps == 2_000_000
     raised = TrainArgs(run_dir=str(tmp_path), resume=True, target_return=4700.0)
     assert resumed_args(raised).target_return == 4700.0
+    assert not resumed_args(raised).target_full_episodes
+    strict = TrainArgs(run_dir=str(tmp_path), resume=True, target_full_episodes=True)
+    assert resumed_args(strict).target_full_episodes

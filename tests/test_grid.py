@@ -94,6 +94,25 @@ def test_a_started_run_resumes_toward_the_grid_target(
     assert resumed[-2:] == ["--target-return", "4700.0"]
 
 
+def test_an_expert_counts_only_evaluations_without_falls_on_every_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every expert run asks for full episodes, fresh and resumed; the grid calls it finished
+    by the evaluation its best actor comes from, not by the best of all evaluations."""
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    ant = next(run for run in grid.experts() if "Ant" in run.name)
+    assert ant.command()[-3:] == ["--target-return", "5000.0", "--target-full-episodes"]
+    ant.run_dir.mkdir()
+    (ant.run_dir / "config.json").write_text("{}")
+    assert ant.command()[-3:] == ["--target-return", "5000.0", "--target-full-episodes"]
+    summary = {"env_steps": 500_000, "best_return": 5100.0, "best_actor_return": 4504.0}
+    (ant.run_dir / "summary.json").write_text(json.dumps(summary))
+    assert not grid.finished(ant)  # 5100 came from an evaluation in which the ant fell
+    summary["best_actor_return"] = 5020.0
+    (ant.run_dir / "summary.json").write_text(json.dumps(summary))
+    assert grid.finished(ant)
+
+
 def test_runs_differing_in_a_recipe_setting_are_separate_configurations() -> None:
     from benchmarks.runs_csv import recipe_label
 
