@@ -154,8 +154,6 @@ class SacTraining:
         self.sac_stats: SACTrainingStats | None = None
         self.stats: dict[str, float] = {}
         self.last_eval = float("nan")
-        self.last_eval_counts = True
-        """Whether the last evaluation may stop the run and make best_actor."""
         self.server_before: dict[str, float] = {}
         """The reward server's seconds of earlier sittings (a resumed server counts from 0)."""
         write_json(run_dir / "actor_spec.json", actor_spec(args, obs_space, act_space))
@@ -235,14 +233,15 @@ class SacTraining:
         with self.stopwatch.part("sync_wait"):
             wait_for_discriminator(cast(RewardClient, self.client))
 
-    def evaluate_and_save(self, writer: Any) -> None:
+    def evaluate_and_save(self, writer: Any) -> bool:
         """True-return evaluation, metrics row, best and latest actors, learning curve and the
-        paired checkpoints."""
+        paired checkpoints; whether the evaluation counts (may make best_actor and reach the
+        target: with --target-full-episodes, only if none of its episodes fell)."""
         state, actor = self.state, self.algorithm.policy.actor
         with self.stopwatch.part("evaluation"):
             evaluation = evaluate(self.test_collector, self.test_envs, 10_000 + state.env_step)
         returns, fallen = evaluation.returns, evaluation.fallen(self.args.env)
-        self.last_eval_counts = fallen == 0 or not self.args.target_full_episodes
+        counts = fallen == 0 or not self.args.target_full_episodes
         with self.stopwatch.part("diagnostics"):
             self.last_eval = float(returns.mean())
             self.stats = learner_stats(self.client)
@@ -261,7 +260,7 @@ class SacTraining:
             "env_id": self.args.env,
         }
         save_actor(self.run_dir, "actor", actor, info)
-        if not self.last_eval_counts:
+        if not counts:
             log.info("evaluation %.1f not counted: %d of %d episodes fell (--target-full-episodes)",
                      self.last_eval, fallen, len(returns))  # fmt: skip
         elif state.best_return is None or self.last_eval > state.best_return:
@@ -271,6 +270,7 @@ class SacTraining:
             self.run_dir, self.expert, f"{run_label(self.args)} on {self.args.env}"
         )
         self.save()
+        return counts
 
     def save(self) -> None:
         with self.stopwatch.part("checkpoint"):
@@ -319,11 +319,11 @@ class SacTraining:
                     state.env_step // args.eval_every > (state.env_step - n) // args.eval_every
                 )
                 if eval_due or state.env_step >= args.steps:
-                    self.evaluate_and_save(writer)
+                    counts = self.evaluate_and_save(writer)
                     if (
-                        args.target_return is not None
+                        counts
+                        and args.target_return is not None
                         and self.last_eval >= args.target_return
-                        and self.last_eval_counts
                     ):
                         log.info(
                             "evaluation return %.1f reached --target-return %.1f at step %d",
