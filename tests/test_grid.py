@@ -74,8 +74,9 @@ def test_every_expert_is_recorded_against_its_floor_then_verified() -> None:
         env = run.name.split("-")[1] + "-v5"
         assert record[:2] == ("demos", "record") and verify[:2] == ("demos", "verify")
         assert record[record.index("--min-return") + 1] == str(grid.EXPERT_FLOORS[env])
-        # 40 x 1000 steps: a fallen episode is left out (named in the store), at most 2
-        assert record[record.index("--max-fallen") + 1] == "2"
+        # 40 x 1000 steps: a fallen episode is left out (named in the store), at most 4 (10%)
+        max_fallen = int(record[record.index("--max-fallen") + 1])
+        assert max_fallen == grid.EXPERT_MAX_FALLEN[env] and 0 <= max_fallen <= 4
         assert grid.EXPERT_TARGETS[env] >= 1.1 * grid.EXPERT_FLOORS[env]
         assert verify[-1] == record[record.index("--out") + 1]
 
