@@ -551,6 +551,27 @@ def report_lost(run: GridRun) -> None:
               "it starts again from step 0", flush=True)  # fmt: skip
 
 
+def start(run: GridRun, nice: int) -> tuple[subprocess.Popen[bytes], IO[str]] | None:
+    """The run's train started under its lock (held by the process), or None when another
+    runner holds it."""
+    lock = try_lock(run)
+    if lock is None:
+        print(f"{run.name}: held by another runner, skipped", flush=True)
+        return None
+    if not restore_carry(run):
+        report_lost(run)
+    # a run trained on (its target raised) is recorded again when it ends
+    (run.run_dir / ".after-done").unlink(missing_ok=True)
+    cmd = run.command()
+    print(f"{time.strftime('%H:%M:%S')} start {run.name}: {' '.join(cmd)}", flush=True)
+    log = (run.run_dir / "train.log").open("ab")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.nice(nice), pass_fds=(lock.fileno(),),
+    )  # fmt: skip
+    return proc, lock
+
+
 def run_grid(
     runs: list[GridRun], parallel: int, nice: int, uncarried_start_by: float = float("inf")
 ) -> None:
@@ -566,8 +587,17 @@ def run_grid(
                 run_after_steps(run)
     pending = [r for r in runs if not finished(r)]
     deferred: list[GridRun] = []
+    waiting: list[GridRun] = []  # for a demo store: looked for again while the lane works
     active: list[tuple[GridRun, subprocess.Popen[bytes], IO[str]]] = []
-    while pending or active or deferred:
+    while True:
+        ready = [r for r in waiting if r.missing_demos() is None]
+        if ready:
+            print(f"{time.strftime('%H:%M:%S')} demo store now there for: "
+                  f"{', '.join(r.name for r in ready)}", flush=True)  # fmt: skip
+            waiting = [r for r in waiting if r not in ready]
+            pending = ready + pending
+        if not (pending or active or deferred):
+            break
         if deferred and not pending and len(active) < parallel:
             print(f"{time.strftime('%H:%M:%S')} nothing else to start: {len(deferred)} "
                   f"uncarried run(s) start late; they go on in the next sitting only on this "
@@ -577,28 +607,16 @@ def run_grid(
             run = pending.pop(0)
             if run.missing_demos() is not None:
                 print(f"{run.name}: waits for {run.missing_demos()}", flush=True)
+                waiting.append(run)
                 continue
             if not run.carried and time.time() > uncarried_start_by:
                 print(f"{run.name}: too late in this sitting to end; starts once nothing "
                       "else is left", flush=True)  # fmt: skip
                 deferred.append(run)
                 continue
-            lock = try_lock(run)
-            if lock is None:
-                print(f"{run.name}: held by another runner, skipped", flush=True)
-                continue
-            if not restore_carry(run):
-                report_lost(run)
-            # a run trained on (its target raised) is recorded again when it ends
-            (run.run_dir / ".after-done").unlink(missing_ok=True)
-            cmd = run.command()
-            print(f"{time.strftime('%H:%M:%S')} start {run.name}: {' '.join(cmd)}", flush=True)
-            log = (run.run_dir / "train.log").open("ab")
-            proc = subprocess.Popen(
-                cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=lambda: os.nice(nice), pass_fds=(lock.fileno(),),
-            )  # fmt: skip
-            active.append((run, proc, lock))
+            started = start(run, nice)
+            if started is not None:
+                active.append((run, *started))
         time.sleep(5)
         for entry in list(active):
             run, proc, lock = entry
@@ -610,6 +628,8 @@ def run_grid(
             active.remove(entry)
             lock.close()
             rebuild_runs_csv()
+    for run in waiting:
+        print(f"{run.name}: not started, {run.missing_demos()} is still missing", flush=True)
 
 
 def status(runs: list[GridRun]) -> None:

@@ -177,6 +177,35 @@ def test_a_run_waits_for_its_demo_store(
     assert new_tasks["halfcheetah-sd2ail-1demo-expertrecipe-seed0"].missing_demos() is None
 
 
+def test_a_store_committed_while_the_lane_works_starts_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lane that passed a run by for its missing store looks again while it works on
+    others: the store, committed meanwhile (here: found from the second look on), starts it
+    in the same sitting."""
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
+    monkeypatch.setattr(grid, "rebuild_runs_csv", lambda: None)
+    store = tmp_path / "Late-v0.zarr"
+    looks = {"n": 0}
+
+    def missing_until_second_look(run: grid.GridRun) -> Path | None:
+        if "--demos" not in run.args:
+            return None
+        looks["n"] += 1
+        return store if looks["n"] == 1 else None
+
+    monkeypatch.setattr(grid.GridRun, "missing_demos", missing_until_second_look)
+    # each train refuses its unknown flag at once
+    late = grid.GridRun("late", ("--demos", str(store), "--no-such-flag"), steps=10)
+    busy = grid.GridRun("busy", ("--reward", "env", "--no-such-flag"), steps=10)
+    grid.run_grid([late, busy], parallel=1, nice=0)
+    out = capsys.readouterr().out
+    assert "late: waits for" in out
+    assert out.index(" start busy:") < out.index("demo store now there for: late")
+    assert out.index("demo store now there for: late") < out.index(" start late:")
+    assert "still missing" not in out
+
+
 def test_experts_train_sac_in_bf16_only_where_the_cpu_has_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
