@@ -2,9 +2,9 @@
 # Start of a session: resume every unfinished training run of the evidence grids, in the
 # background (finished runs are skipped, started ones resume from their checkpoints).
 # Two lanes, one run each at a time. Both start on the Hopper expert-recipe runs (SD2AIL and
-# DiffAIL from one demo: they decide `make run`); then lane 1 the Hopper ablation (with the
-# same recipe), the experts the other lane does not hold, the reference-recipe checks and the
-# reference-recipe evidence; lane 2 the bf16 learning-curve checks (issue "Training cost"),
+# DiffAIL from one demo: they decide `make run`) and the Hopper ablation (with the same
+# recipe); then lane 1 the experts the other lane does not hold, the reference-recipe checks
+# and the reference-recipe evidence; lane 2 the bf16 learning-curve checks (issue "Training cost"),
 # the new tasks' experts (recorded and verified as each finishes: their stores gate the new
 # tasks' runs), a first SD2AIL run on each new task whose demo store is committed, the
 # Pendulum ablation, then the Pendulum CI calibration. A run locked by the other lane is left
@@ -45,8 +45,8 @@ lane() {
 # experts before the reference-recipe checks: late in a sitting the lane should take an
 # expert (issue 17 waits on them), not a 100k-step recipe check
 lane hopper-expert-recipe hopper-ablation experts hopper-recipe-check hopper-evidence
-# experts before new-tasks: the Ant expert (hours, carried from sitting to sitting) gates
-# issue 17's last store and run, so it holds this lane; the HalfCheetah discnorm check in
-# new-tasks waits for it (2026-12-01: it had lost two sittings' lanes to the imitation runs)
-lane hopper-expert-recipe hopper-cost experts new-tasks pendulum-ablation pendulum-ci
+# every expert and new task's first run is done (2026-12-02): this lane takes the rest of
+# the Hopper ablation too (the other lane's run is locked, so it takes the next), then the
+# HalfCheetah discnorm check in new-tasks
+lane hopper-expert-recipe hopper-ablation hopper-cost experts new-tasks pendulum-ablation pendulum-ci
 echo "log: $root/../grid.log"
