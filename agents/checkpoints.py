@@ -191,14 +191,24 @@ def join_next_obs(obs_ND: np.ndarray, breaks: np.ndarray, rows_KD: np.ndarray) -
     return obs_next_ND
 
 
+SERVER_DIR = "server"
+"""Where `train` keeps its reward server's checkpoints, in the run dir and in a carry."""
+
+
 def write_carry(run_dir: Path, out_dir: Path, keep: int) -> dict[str, Any]:
     """The run's newest SAC checkpoint with its buffer cut to `keep` transitions
     (`newest_transitions`), plus its best actor, into `out_dir` (replaced); returns the
-    checkpoint's counters. For runs without a reward server: a server's state (discriminator,
-    PEDR buffers, demos) is not carried."""
-    if (run_dir / "server").exists():
-        raise ValueError(f"{run_dir} trains against a reward server, whose state is not carried")
+    checkpoint's counters. A run against a reward server carries, whole, the server
+    generation saved with that checkpoint (discriminator, PEDR and agent buffers: the
+    resumed server must not start from scratch, nor from a newer generation)."""
     checkpoint = sac_checkpoint_store(run_dir).load_latest()
+    paired = str(checkpoint.meta.get("server_generation", ""))
+    server_gen = run_dir / SERVER_DIR / paired
+    if (run_dir / SERVER_DIR).exists() and not (paired and server_gen.is_dir()):
+        raise ValueError(
+            f"{run_dir} trains against a reward server, but its newest SAC checkpoint names "
+            f"no server generation that is there ({paired!r}): nothing consistent to carry"
+        )
     payload = dict(checkpoint.state)
     buffer = {name: t.numpy() for name, t in payload["buffer"].items()}
     kept = newest_transitions(buffer, keep)
@@ -214,13 +224,15 @@ def write_carry(run_dir: Path, out_dir: Path, keep: int) -> dict[str, Any]:
     for name in CARRIED_RUN_FILES:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out_dir / name)
+    if (run_dir / SERVER_DIR).exists():
+        shutil.copytree(server_gen, out_dir / SERVER_DIR / paired)
     return dict(checkpoint.meta)
 
 
 def read_carry(carry_dir: Path, run_dir: Path) -> Checkpoint:
     """Installs a `write_carry` into `run_dir` as its newest SAC checkpoint (and its best
-    actor), so that `train --resume` goes on from it; the run's config.json and metrics.csv
-    must be put there from its archive."""
+    actor, and the reward server's generation paired with it), so that `train --resume` goes
+    on from it; the run's config.json and metrics.csv must be put there from its archive."""
     payload = torch.load(carry_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     meta = payload.pop("meta")
     buffer = payload["buffer"]
@@ -236,6 +248,11 @@ def read_carry(carry_dir: Path, run_dir: Path) -> Checkpoint:
     for name in CARRIED_RUN_FILES:
         if (carry_dir / name).exists():
             shutil.copyfile(carry_dir / name, run_dir / name)
+    carried_server = carry_dir / SERVER_DIR
+    if carried_server.is_dir():
+        # the generation the checkpoint names (`train --resume` hands it to the server)
+        server_store = CheckpointStore(run_dir / SERVER_DIR)
+        server_store.adopt(carried_server / str(meta["server_generation"]))
     store = sac_checkpoint_store(run_dir)
     store.save(payload, step=int(meta["env_step"]), meta=meta)
     return store.load_latest()

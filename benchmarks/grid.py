@@ -13,8 +13,8 @@ in the order given, at most `--parallel` at a time, each under an exclusive lock
 `benchmarks/results/runs.csv` rebuilt (`benchmarks/runs_csv.py`).
 
 A new machine starts with an empty grid root: a run finished in the repo's archive is not run
-again, an expert (hours here, no reward server) goes on from the carry `carry` committed at the
-end of the last sitting, and any other unfinished run starts again from step 0.
+again, and an unfinished SAC run (an expert, or an imitation run with its reward server's
+state) goes on from the carry `carry` committed at the end of the last sitting.
 """
 
 from __future__ import annotations
@@ -70,9 +70,15 @@ class GridRun:
 
     @property
     def carried(self) -> bool:
-        """Whether the run can go on on the next machine (`write_carries`): SAC on the env's
-        own reward, with no reward server whose state would be lost."""
-        return "--reward" in self.args and self.args[self.args.index("--reward") + 1] == "env"
+        """Whether the run can go on on the next machine (`write_carries`): every run that
+        trains SAC (with its reward server's state, where it has one); behaviour cloning
+        keeps no checkpoints, and takes minutes."""
+        algo = self.args[self.args.index("--algo") + 1] if "--algo" in self.args else ""
+        return algo != "bc" or self.reward == "env"
+
+    @property
+    def reward(self) -> str:
+        return self.args[self.args.index("--reward") + 1] if "--reward" in self.args else "learned"
 
     def missing_demos(self) -> Path | None:
         """The demo store this run reads, when it is not there (yet)."""
@@ -446,10 +452,11 @@ record of a run that survives a new machine, whose grid root starts empty."""
 
 
 CARRY = REPO / "benchmarks" / "results" / "carry"
-"""Runs too long for one machine (the experts, hours here) go on on the next from a carry
-committed here (`grid.py carry`, run by `scripts/stop_runs.sh`): SAC's newest checkpoint with
-its replay buffer cut to the newest `CARRY_TRANSITIONS`, and the best actor. Runs against a
-reward server are not carried: they run to the end within a sitting or start again."""
+"""Runs too long for one machine (hours here) go on on the next from a carry committed here
+(`grid.py carry`, run by `scripts/stop_runs.sh`): SAC's newest checkpoint with its replay
+buffer cut to the newest `CARRY_TRANSITIONS`, the best actor, and for a run against a reward
+server the server generation saved with that checkpoint, whole (Hopper, 100k steps: ~6 MB of
+agent rows, plus the pseudo-experts' buffer for SD2AIL)."""
 CARRY_TRANSITIONS = 10_000
 """Ten 1,000-step episodes: the resumed run samples from these until its buffer refills
 (~5 MB a carry with the optimisers)."""
@@ -457,8 +464,8 @@ CARRY_RUN_FILES = ("config.json", "metrics.csv", "provenance.json", "timings.jso
 
 
 def write_carries(runs: list[GridRun]) -> None:
-    """A carry for each run started here and unfinished that trains without a reward server;
-    a finished run's carry is removed (the run's archive holds its results)."""
+    """A carry for each run started here and unfinished that trains SAC; a finished run's
+    carry is removed (the run's archive holds its results)."""
     from agents.checkpoints import write_carry
 
     for run in runs:
@@ -471,7 +478,7 @@ def write_carries(runs: list[GridRun]) -> None:
         if not run.carried or not (run.run_dir / "checkpoints").exists():
             continue
         counters = write_carry(run.run_dir, carry, keep=CARRY_TRANSITIONS)
-        size = sum(f.stat().st_size for f in carry.iterdir()) / 1e6
+        size = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file()) / 1e6
         print(f"{run.name}: carried at step {counters['env_step']} ({size:.1f} MB)", flush=True)
 
 

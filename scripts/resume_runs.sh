@@ -32,11 +32,9 @@ if ! git -C "$tree" checkout -q -f --detach "$head" 2>/dev/null; then
     git worktree add -q --detach "$tree" "$head"
 fi
 echo "runs execute $tree at $(git -C "$tree" rev-parse --short HEAD)"
-# A session's machine lives ~3 h and an imitation run (with its reward server, not carried to
-# the next machine) takes ~2.4 h beside an expert (Hopper SD2AIL, 200k steps, 2026-12-01): one
-# started later than ~20 min in would be lost on a new machine. After that a lane starts the
-# carried runs (the experts) first, and an imitation run only when nothing else is left (it
-# resumes next sitting if the machine and its grid root outlive this one).
+# Every SAC run, imitation runs with their reward server's state, is carried to the next
+# machine (`grid.py carry` at the session's end); only BC runs (minutes) wait, after a lane's
+# first 20 minutes, until nothing else is left.
 lane() {
     (cd "$tree" && SD2AIL_GRID_ROOT="$root" nohup "$python" benchmarks/grid.py run "$@" \
         --parallel 1 --uncarried-start-within 20 >> "$root/../grid.log" 2>&1 &

@@ -2,10 +2,10 @@
 # Stop the evidence grids cleanly (for a quiet machine: timing benchmarks, CI): the grid
 # runners first, so that they start nothing new, then each of their training runs with
 # SIGTERM, on which `train` checkpoints and exits. `scripts/resume_runs.sh` continues them.
-# Then the carries of the runs without a reward server (the experts, and any other run on the
-# env's reward that is going) are written into benchmarks/results/carry/ (commit them with the
-# archive, `benchmarks/runs_csv.py`): the next session's machine starts without this one's
-# grid root, and goes on from them.
+# Then the carries of the unfinished SAC runs (SAC's newest checkpoint, and for an imitation
+# run its reward server's generation paired with it) are written into benchmarks/results/carry/
+# (commit them with the archive, `benchmarks/runs_csv.py`): the next session's machine starts
+# without this one's grid root, and goes on from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${SD2AIL_GRID_ROOT:-$HOME/sd2ail-runs/grid}"

@@ -202,6 +202,30 @@ class CheckpointStore:
         self._prune(final.name)
         return final
 
+    def adopt(self, generation: Path) -> Path:
+        """Copy a verified generation of another store (a carry committed from another
+        machine) in under its own name, atomically, and point LATEST at it; a name already
+        here is refused. Raises CheckpointError when `generation` does not verify."""
+        self._load(generation, "cpu")
+        final = self.root / generation.name
+        if _gen_key(final) is None or final.exists():
+            raise CheckpointError(f"cannot adopt {generation.name!r} into {self.root}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._save_lock:
+            self._remove_stale_tmp()
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
+            try:
+                for file in generation.iterdir():
+                    _write_file(tmp / file.name, file.read_bytes())
+                fsync_path(tmp)
+                os.replace(tmp, final)
+                fsync_path(self.root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._write_latest(final.name)
+        return final
+
     def _free_name(self, step: int) -> Path:
         base = f"gen-{step:09d}"
         final, n = self.root / base, 0

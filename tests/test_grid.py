@@ -305,12 +305,83 @@ def test_a_long_run_goes_on_from_its_carry_on_a_new_machine(
     assert not (tmp_path / "carry" / "expert").exists()
 
 
-def test_runs_against_a_reward_server_are_not_carried(tmp_path: Path) -> None:
-    from agents.checkpoints import write_carry
+@pytest.mark.slow
+def test_an_imitation_run_goes_on_from_its_carry_with_its_reward_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run against a reward server carries the server generation saved with its SAC
+    checkpoint: on a new machine the server resumes from it (its discriminator, buffers and
+    pushed-transition count), not from scratch."""
+    import shutil
+    import subprocess
 
-    (tmp_path / "server").mkdir()
-    with pytest.raises(ValueError, match="reward server"):
-        write_carry(tmp_path, tmp_path / "carry", keep=10)
+    from agents.checkpoints import sac_checkpoint_store
+    from sd2ail_reward.checkpoint import CheckpointStore
+
+    monkeypatch.setattr(grid, "ARCHIVE", tmp_path / "archive")
+    monkeypatch.setattr(grid, "CARRY", tmp_path / "carry")
+    monkeypatch.setattr(grid, "CARRY_TRANSITIONS", 100)
+    args = (
+        "--env", "Pendulum-v1", "--demos", "demos/Pendulum-v1.zarr", "--demo-episodes", "6",
+        "--algo", "gail", "--start-steps", "300", "--chunk", "100", "--eval-every", "300",
+        "--eval-episodes", "2", "--hidden-sizes", "32", "32", "--batch-size", "64",
+        "--server-arg=--hidden-dim=32", "--server-arg=--agent-batch=64",
+        "--server-arg=--expert-batch=64", "--server-arg=--min-agent-size=64",
+    )  # fmt: skip
+
+    def train(run: grid.GridRun) -> str:
+        proc = subprocess.run(
+            run.command(), cwd=grid.REPO, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout + proc.stderr
+
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path / "machine1")
+    run = grid.GridRun("imitation", args, steps=900)
+    assert run.carried
+    train(grid.GridRun("imitation", args, steps=600))
+    grid.write_carries([run])
+    paired = sac_checkpoint_store(run.run_dir).load_latest().meta["server_generation"]
+    server_then = CheckpointStore(run.run_dir / "server").load(paired)
+    assert (tmp_path / "carry" / "imitation" / "server" / paired / "state.pt").exists()
+    (tmp_path / "archive" / "imitation").mkdir(parents=True)
+    for name in grid.CARRY_RUN_FILES:
+        shutil.copyfile(run.run_dir / name, tmp_path / "archive" / "imitation" / name)
+
+    monkeypatch.setattr(grid, "GRID_ROOT", tmp_path / "machine2")  # a new machine
+    assert grid.restore_carry(run)
+    restored = CheckpointStore(run.run_dir / "server").load_latest()
+    assert restored.path.name == paired
+    for name, weights in server_then.state["disc"].items():
+        assert torch.equal(weights, restored.state["disc"][name]), name
+    out = train(run)
+    assert f"--resume-from {paired}" in out
+    assert (
+        f"resuming from checkpoint {run.run_dir / 'server' / paired} "
+        in (run.run_dir / "server.log").read_text()
+    )
+    steps = [int(r.split(",")[0]) for r in (run.run_dir / "metrics.csv").read_text().split()[1:]]
+    assert steps == [300, 600, 900]
+    final = CheckpointStore(run.run_dir / "server").load_latest()
+    # the resumed server counts on from the carried one: 600 transitions, then 300 more
+    assert server_then.meta["total_pushed"] == 600 and final.meta["total_pushed"] == 900
+    assert final.state["counters"]["n_updates"] > server_then.state["counters"]["n_updates"]
+
+
+def test_a_server_generation_that_does_not_verify_is_not_adopted(tmp_path: Path) -> None:
+    from sd2ail_reward.checkpoint import CheckpointError, CheckpointStore
+
+    source = CheckpointStore(tmp_path / "a")
+    generation = source.save({"x": torch.ones(3)}, step=5)
+    target = CheckpointStore(tmp_path / "b")
+    assert target.adopt(generation).name == generation.name
+    assert torch.equal(target.load_latest().state["x"], torch.ones(3))
+    with pytest.raises(CheckpointError):  # the name is taken
+        target.adopt(generation)
+    (generation / "state.pt").write_bytes(b"corrupt")
+    with pytest.raises(CheckpointError, match="sha256"):
+        CheckpointStore(tmp_path / "c").adopt(generation)
+    assert not (tmp_path / "c" / generation.name).exists()
 
 
 def test_the_newest_transitions_are_kept_in_insertion_order_when_the_buffer_wrapped() -> None:
@@ -347,10 +418,11 @@ def test_late_in_a_sitting_a_carried_run_takes_the_lane_first(
     monkeypatch.setattr(grid, "GRID_ROOT", tmp_path)
     monkeypatch.setattr(grid, "rebuild_runs_csv", lambda: None)
     # each train refuses its unknown flag at once: the test times the order they start in
-    imitation = grid.GridRun("i", ("--reward", "learned", "--no-such-flag"), steps=10)
+    imitation = grid.GridRun("i", ("--algo", "bc", "--no-such-flag"), steps=10)
     expert = grid.GridRun("e", ("--reward", "env", "--no-such-flag"), steps=10)
-    assert not imitation.carried and not grid.hopper_ablation()[-1].carried
-    assert expert.carried and all(run.carried for run in grid.experts())
+    assert not imitation.carried and expert.carried and all(r.carried for r in grid.experts())
+    # BC keeps no checkpoints; every SAC run does, its reward server's state with it
+    assert all(r.carried == ("-bc-" not in r.name) for r in grid.hopper_ablation())
     grid.run_grid([imitation, expert], parallel=1, nice=0, uncarried_start_by=0.0)
     out = capsys.readouterr().out
     assert "i: too late in this sitting" in out
