@@ -11,7 +11,8 @@ bootstrap interval of the best and final true return, of the reward quality at t
 the normalised area under the learning curve and of the first env step whose evaluation
 reaches `--threshold` (runs that never reach it count as the budget, and the number that did
 is given), and the probability that an SD2AIL run beats a run of each other algorithm under
-the same protocol (rliable's probability of improvement, on the AUC, with its interval). Only
+the same demo protocol (rliable's probability of improvement, with its interval), on the AUC
+and on the final return (the one that BC, whose curve is over epochs, has too). Only
 finished runs count (a partial run's curve is shorter). Writes
 `benchmarks/results/ablation_<name>.csv` and `.png` (mean curve with its 95% band per
 algorithm) and prints the markdown table (`--readme`: also into benchmarks/README.md).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,6 +55,27 @@ def group_of(run: str, algo: str) -> str:
     parts = [f"every {every}th pair"] if every != 1 else []
     parts += [] if recipe == "reference" else [f"{recipe} recipe"]
     return algo + (f" ({', '.join(parts)})" if parts else "")
+
+
+def protocol_of(group: str) -> str:
+    """The demo protocol in a `group_of` name ('' for whole trajectories)."""
+    found = re.search(r"every \d+th pair", group)
+    return found.group(0) if found else ""
+
+
+def sd2ail_reference(group: str, runs_per_group: dict[str, int]) -> str | None:
+    """The SD2AIL group another is compared with: SD2AIL under the same demo protocol and SAC
+    recipe; for BC, which has no SAC, the SD2AIL group of its protocol with the most runs
+    (the recipe `make run` uses, where the grid ran it on most seeds)."""
+    if group.startswith("sd2ail") or group.startswith("sac on the true reward"):
+        return None
+    if not group.startswith("bc"):
+        reference = "sd2ail" + group[len(group.split(" ")[0]) :]
+        return reference if reference in runs_per_group else None
+    same_protocol = [
+        g for g in runs_per_group if g.startswith("sd2ail") and protocol_of(g) == protocol_of(group)
+    ]
+    return max(same_protocol, key=lambda g: runs_per_group[g], default=None)
 
 
 Curves = dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
@@ -112,12 +135,13 @@ def summarise(
         for algo, runs in curves.items()
         if not algo.startswith("bc")  # BC's x axis is epochs, not env steps
     }
+    finals = {algo: [float(r[-1]) for _, r, _ in runs] for algo, runs in curves.items()}
+    runs_per_group = {algo: len(runs) for algo, runs in curves.items()}
     out: list[dict[str, object]] = []
     for algo, runs in curves.items():
         row: dict[str, object] = {"algo": algo, "runs": len(runs)}
         best = [float(r.max()) for _, r, _ in runs]
-        final = [float(r[-1]) for _, r, _ in runs]
-        for key, values in (("best", best), ("final", final)):
+        for key, values in (("best", best), ("final", finals[algo])):
             mean, lower, upper = bootstrap_ci(values, rng)
             row.update({key: mean, f"{key}_lo": lower, f"{key}_hi": upper})
         for index, key in enumerate(QUALITY_KEYS):
@@ -133,10 +157,14 @@ def summarise(
             capped = [min(step, budget) for step, (_, _, budget) in zip(reach, runs, strict=True)]
             mean, lower, upper = bootstrap_ci(capped, rng)
             row.update(first_step=mean, first_step_lo=lower, first_step_hi=upper)
-            reference = "sd2ail" + algo[len(algo.split(" ")[0]) :]  # same protocol
-            if reference in auc and algo != reference:
+        reference = sd2ail_reference(algo, runs_per_group)
+        if reference is not None:
+            if algo in auc:
                 poi, lower, upper = probability_of_improvement_ci(auc[reference], auc[algo], rng)
                 row.update(poi_sd2ail=poi, poi_sd2ail_lo=lower, poi_sd2ail_hi=upper)
+            poi, lower, upper = probability_of_improvement_ci(finals[reference], finals[algo], rng)
+            row.update(poi_final=poi, poi_final_lo=lower, poi_final_hi=upper)
+            row["sd2ail_reference"] = reference
         out.append(row)
     return out
 
@@ -151,14 +179,15 @@ def interval(row: dict[str, object], key: str, fmt: str = "{:.0f}") -> str:
 def markdown(rows: list[dict[str, object]], threshold: float) -> str:
     lines = [
         f"| algo | runs | best | final | AUC (mean return) | first step >= {threshold:g} "
-        "(reached) | P(SD2AIL > algo), AUC | reward corr: latest | whole run | episode returns "
+        "(reached) | P(SD2AIL > algo): AUC | final | reward corr: latest | whole run "
+        "| episode returns "
         "| episode returns per step "
         "| Frechet to the expert (end): pseudo-experts | agent | random warm-up |",
-        "|---|---:|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---:|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reached = f" ({row['reached']}/{row['runs']})" if "reached" in row else ""
-        poi = interval(row, "poi_sd2ail", "{:.2f}")
+        poi = f"{interval(row, 'poi_sd2ail', '{:.2f}')} | {interval(row, 'poi_final', '{:.2f}')}"
         lines.append(
             f"| {row['algo']} | {row['runs']} | {interval(row, 'best')} | "
             f"{interval(row, 'final')} | {interval(row, 'auc')} | "

@@ -78,6 +78,30 @@ def test_ablation_groups_keep_protocols_recipes_and_controls_apart(
     assert groups["c"] != groups["d"] and groups["d"].startswith("sac on the true reward")
 
 
+def test_each_algorithm_is_compared_with_sd2ail_under_its_own_demo_protocol() -> None:
+    from benchmarks.ablation_report import sd2ail_reference
+
+    runs = {
+        "sd2ail": 1, "sd2ail (expert recipe)": 3, "diffail (expert recipe)": 3,
+        "sd2ail (every 20th pair, expert recipe)": 2, "diffail (every 20th pair, expert recipe)": 2,
+        "bc": 3, "bc (every 20th pair)": 2, "gail": 1, "sac on the true reward (expert recipe)": 2,
+    }  # fmt: skip
+    assert sd2ail_reference("diffail (expert recipe)", runs) == "sd2ail (expert recipe)"
+    assert (
+        sd2ail_reference("diffail (every 20th pair, expert recipe)", runs)
+        == "sd2ail (every 20th pair, expert recipe)"
+    )
+    # BC has no SAC recipe: SD2AIL of its protocol on the most seeds
+    assert sd2ail_reference("bc", runs) == "sd2ail (expert recipe)"
+    assert (
+        sd2ail_reference("bc (every 20th pair)", runs) == "sd2ail (every 20th pair, expert recipe)"
+    )
+    assert sd2ail_reference("gail", runs) == "sd2ail"
+    assert sd2ail_reference("sd2ail (expert recipe)", runs) is None
+    assert sd2ail_reference("sac on the true reward (expert recipe)", runs) is None
+    assert sd2ail_reference("gail (every 5th pair)", runs) is None
+
+
 def test_a_restarted_run_leaves_no_file_of_the_lost_one_in_the_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
