@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,30 +177,36 @@ class CheckpointStore:
             return self._commit(files, step)
 
     def _commit(self, files: dict[str, bytes], step: int) -> Path:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "created": time.time(),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": {n: {"sha256": _sha256(b), "size": len(b)} for n, b in files.items()},
+        }
+        # The manifest goes last: a generation without one is never considered complete.
+        files = {**files, MANIFEST_FILE: json.dumps(manifest, indent=1).encode()}
+        final = self._place(files, lambda: self._free_name(step))
+        self._prune(final.name)
+        return final
+
+    def _place(self, files: dict[str, bytes], final_name: Callable[[], Path]) -> Path:
+        """Write `files` (in order) into a temporary directory, rename it into place under
+        `final_name()` and point LATEST at it: a crash at any point leaves the store as it was."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
         try:
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "step": step,
-                "created": time.time(),
-                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "files": {n: {"sha256": _sha256(b), "size": len(b)} for n, b in files.items()},
-            }
             for name, data in files.items():
                 _write_file(tmp / name, data)
-            # The manifest goes last: a generation without one is never considered complete.
-            _write_file(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
             fsync_path(tmp)
-            final = self._free_name(step)
+            final = final_name()
             os.replace(tmp, final)
             fsync_path(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._write_latest(final.name)
-        self._prune(final.name)
         return final
 
     def adopt(self, generation: Path) -> Path:
@@ -210,21 +217,9 @@ class CheckpointStore:
         final = self.root / generation.name
         if _gen_key(final) is None or final.exists():
             raise CheckpointError(f"cannot adopt {generation.name!r} into {self.root}")
-        self.root.mkdir(parents=True, exist_ok=True)
+        files = sorted(generation.iterdir(), key=lambda f: f.name == MANIFEST_FILE)
         with self._save_lock:
-            self._remove_stale_tmp()
-            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
-            try:
-                for file in generation.iterdir():
-                    _write_file(tmp / file.name, file.read_bytes())
-                fsync_path(tmp)
-                os.replace(tmp, final)
-                fsync_path(self.root)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            self._write_latest(final.name)
-        return final
+            return self._place({f.name: f.read_bytes() for f in files}, lambda: final)
 
     def _free_name(self, step: int) -> Path:
         base = f"gen-{step:09d}"
